@@ -1,0 +1,7 @@
+"""Placeholder: filled in by the work on this command."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the app."""
