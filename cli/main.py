@@ -9,8 +9,8 @@ from __future__ import annotations
 import sys
 
 import typer
-
 from clm_local.cli import convert_cmd, runtime_cmd, train_cmd
+
 from clm_local.errors import ClmError
 
 app = typer.Typer(

@@ -1,0 +1,133 @@
+"""The patched llama.cpp, as seen from Python: load it, check the hook, bind the new C functions.
+
+llama-cpp-python already binds the stock API in `llama_cpp.llama_cpp`; the three functions that
+`llama-cpp-pre-layer.patch` adds are bound here on its ctypes library (`llama_cpp.llama_cpp._lib`).
+A stock build lacks them, and we stop with the one command that fixes it.
+
+llama.cpp's log goes to a small buffer instead of the terminal, so that a failure can be reported
+as one line with llama.cpp's own reason; set CLM_LOCAL_VERBOSE=1 to see the whole log.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import sys
+from collections import deque
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from types import ModuleType
+
+from clm_local.errors import ClmError
+
+INSTALL_HINT = "run `clm-local runtime install` (add `--backend metal` or `--backend cuda` for a GPU build)"
+
+_recent_log: deque[str] = deque(maxlen=50)
+
+
+@dataclass(frozen=True)
+class RuntimeStatus:
+    """What `clm-local runtime status` reports."""
+
+    llama_cpp_python: str | None
+    library_path: str | None
+    has_hook: bool
+    backend: str | None
+    patch_sha256: str | None
+    gpu_offload: bool
+
+
+def _import_llama_cpp() -> ModuleType:
+    try:
+        import llama_cpp.llama_cpp as bindings
+    except (ImportError, OSError) as error:
+        raise ClmError(f"the llama.cpp runtime is not installed ({error}): {INSTALL_HINT}") from None
+    return bindings
+
+
+def _has_hook(lib: ctypes.CDLL) -> bool:
+    try:
+        lib.llama_set_pre_layer_alpha  # noqa: B018 - the symbol lookup is the check
+    except AttributeError:
+        return False
+    return True
+
+
+@cache
+def llama() -> ModuleType:
+    """The llama_cpp bindings, after checking the pre-layer hook and binding its functions."""
+    bindings = _import_llama_cpp()
+    lib = bindings._lib
+    if not _has_hook(lib):
+        raise ClmError(f"the installed llama.cpp has no CLM pre-layer hook (a stock build): {INSTALL_HINT}")
+
+    lib.llama_model_n_pre_layer.argtypes = [bindings.llama_model_p_ctypes]
+    lib.llama_model_n_pre_layer.restype = ctypes.c_int32
+    lib.llama_set_pre_layer_alpha.argtypes = [bindings.llama_context_p_ctypes, ctypes.c_int32, ctypes.c_float]
+    lib.llama_set_pre_layer_alpha.restype = ctypes.c_int32
+    lib.llama_get_pre_layer_alpha.argtypes = [bindings.llama_context_p_ctypes, ctypes.c_int32]
+    lib.llama_get_pre_layer_alpha.restype = ctypes.c_float
+
+    _capture_log(bindings)
+    bindings.llama_backend_init()
+    return bindings
+
+
+def _capture_log(bindings: ModuleType) -> None:
+    verbose = os.environ.get("CLM_LOCAL_VERBOSE", "") not in ("", "0")
+
+    @bindings.llama_log_callback
+    def on_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        line = text.decode("utf-8", errors="replace")
+        if line.strip():
+            _recent_log.append(line.strip())
+        if verbose:
+            print(line, end="", file=sys.stderr)
+
+    # keep the callback alive as long as the library is
+    _capture_log.callback = on_log  # type: ignore[attr-defined]
+    bindings.llama_log_set(on_log, ctypes.c_void_p(0))
+
+
+def last_log_error() -> str:
+    """llama.cpp's most recent error line, to explain a failed call in one line."""
+    for line in reversed(_recent_log):
+        if "error" in line.lower() or "failed" in line.lower():
+            return line
+    return _recent_log[-1] if _recent_log else "no message from llama.cpp"
+
+
+def n_pre_layer(model: ctypes.c_void_p) -> int:
+    return int(llama()._lib.llama_model_n_pre_layer(model))
+
+
+def set_pre_layer_alpha(context: ctypes.c_void_p, seq_id: int, alpha: float) -> None:
+    if llama()._lib.llama_set_pre_layer_alpha(context, seq_id, alpha) != 0:
+        raise ClmError(f"llama.cpp refused alpha {alpha} for sequence {seq_id}")
+
+
+def get_pre_layer_alpha(context: ctypes.c_void_p, seq_id: int) -> float:
+    return float(llama()._lib.llama_get_pre_layer_alpha(context, seq_id))
+
+
+def status() -> RuntimeStatus:
+    """Describe the installed runtime without raising: for `clm-local runtime status`."""
+    try:
+        bindings = _import_llama_cpp()
+    except ClmError:
+        return RuntimeStatus(None, None, False, None, None, False)
+    import llama_cpp
+
+    package_dir = Path(llama_cpp.__file__).parent
+    build_info_file = package_dir / "clm_local_build.json"
+    build_info = json.loads(build_info_file.read_text()) if build_info_file.exists() else {}
+    return RuntimeStatus(
+        llama_cpp_python=llama_cpp.__version__,
+        library_path=getattr(bindings._lib, "_name", None),
+        has_hook=_has_hook(bindings._lib),
+        backend=build_info.get("backend"),
+        patch_sha256=build_info.get("patch_sha256"),
+        gpu_offload=bool(bindings.llama_supports_gpu_offload()),
+    )

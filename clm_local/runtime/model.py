@@ -1,0 +1,321 @@
+"""A CLM GGUF loaded in the patched llama.cpp: `clm_local.load(path)` and `model.logits(...)`.
+
+Two ways to apply alpha (CLM.md, "Inference"):
+- embed mode: one sequence whose pre-layer coefficient is alpha: h = e + alpha * (P(e) - e);
+- logits mode: an aligned sequence (coefficient 1) and a reference sequence (coefficient 0) decoded
+  in the same batch, then z = alpha * z_aligned + (1 - alpha) * z_ref.
+The coefficient is a graph input of the patched llama.cpp, so changing alpha reloads nothing.
+
+A GGUF without `clm.*` keys loads as a plain model: alpha has no effect (one warning says so).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from clm_local.errors import ClmError
+from clm_local.gguf_file import field_value, open_gguf
+from clm_local.gguf_keys import (
+    CLM_VERSION,
+    KEY_ALPHA_DEFAULT,
+    KEY_MIX_DEFAULT,
+    KEY_PRE_LAYER_COUNT,
+    KEY_VERSION,
+    MIX_MODES,
+    SUPPORTED_ARCHITECTURES,
+)
+from clm_local.runtime import library
+
+ALIGNED_SEQ = 0  # in logits mode: coefficient 1 (the aligned path); in embed mode: the only sequence
+REFERENCE_SEQ = 1  # in logits mode: coefficient 0 (the base model's path)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a CLM GGUF declares, read from its metadata before llama.cpp loads it."""
+
+    path: str
+    name: str | None
+    architecture: str
+    n_blocks: int  # blocks in the file: the base's N plus the pre-layers
+    n_pre_layers: int  # 0 for an ordinary model
+    alpha_default: float
+    mix_default: str
+    n_vocab: int
+    n_ctx_train: int
+
+    @property
+    def is_clm(self) -> bool:
+        return self.n_pre_layers > 0
+
+
+def read_info(path: str | Path) -> ModelInfo:
+    """Validate the file and its clm.* keys; refuse what the runtime cannot serve, by name."""
+    reader = open_gguf(path)
+    architecture = field_value(reader, "general.architecture")
+    if not isinstance(architecture, str):
+        raise ClmError(f"{path}: no general.architecture in the GGUF metadata")
+    n_blocks = field_value(reader, f"{architecture}.block_count")
+    if not isinstance(n_blocks, int):
+        raise ClmError(f"{path}: no {architecture}.block_count in the GGUF metadata")
+    n_pre_layers = field_value(reader, KEY_PRE_LAYER_COUNT) or 0
+    version = field_value(reader, KEY_VERSION)
+    if n_pre_layers and version is not None and version > CLM_VERSION:
+        raise ClmError(f"{path}: CLM format version {version} is newer than this clm-local ({CLM_VERSION})")
+    if n_pre_layers and architecture not in SUPPORTED_ARCHITECTURES:
+        raise ClmError(
+            f"{path}: the CLM hook does not serve the {architecture!r} architecture "
+            f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+        )
+    if n_pre_layers >= n_blocks:
+        raise ClmError(f"{path}: {n_pre_layers} pre-layers but only {n_blocks} blocks")
+    alpha_default = field_value(reader, KEY_ALPHA_DEFAULT)
+    alpha_default = 1.0 if alpha_default is None else float(alpha_default)
+    mix_default = field_value(reader, KEY_MIX_DEFAULT) or "logits"
+    if mix_default not in MIX_MODES:
+        raise ClmError(
+            f"{path}: {KEY_MIX_DEFAULT} is {mix_default!r}, expected one of {', '.join(MIX_MODES)}"
+        )
+    tokens = reader.get_field("tokenizer.ggml.tokens")
+    n_vocab = len(tokens.data) if tokens is not None else field_value(reader, f"{architecture}.vocab_size")
+    return ModelInfo(
+        path=str(path),
+        name=field_value(reader, "general.name"),
+        architecture=architecture,
+        n_blocks=n_blocks,
+        n_pre_layers=int(n_pre_layers),
+        alpha_default=alpha_default,
+        mix_default=mix_default,
+        n_vocab=int(n_vocab or 0),
+        n_ctx_train=int(field_value(reader, f"{architecture}.context_length") or 0),
+    )
+
+
+def check_alpha(alpha: float) -> float:
+    alpha = float(alpha)
+    if not math.isfinite(alpha):
+        raise ClmError(f"alpha must be a finite number, got {alpha}")
+    return alpha
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MIX_MODES:
+        raise ClmError(f"mode must be one of {', '.join(MIX_MODES)}, got {mode!r}")
+    return mode
+
+
+class ClmModel:
+    """One GGUF in one llama.cpp context, with room for the two sequences of logits mode.
+
+    `n_ctx` is the context of one conversation; a CLM model reserves it for each of its two
+    sequences (aligned and reference), so the KV cache holds 2 * n_ctx positions.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        n_ctx: int = 2048,
+        n_threads: int | None = None,
+        n_gpu_layers: int = 0,
+        n_batch: int = 512,
+    ) -> None:
+        self.info = read_info(path)
+        if n_ctx < 1 or n_batch < 1:
+            raise ClmError("n_ctx and n_batch must be positive")
+        self._llama = library.llama()
+        self._model = None
+        self._context = None
+        self._batch = None
+        self._warned_plain = False
+
+        model_params = self._llama.llama_model_default_params()
+        model_params.n_gpu_layers = n_gpu_layers
+        self._model = self._llama.llama_model_load_from_file(str(path).encode(), model_params)
+        if not self._model:
+            raise ClmError(f"llama.cpp could not load {path}: {library.last_log_error()}")
+        if library.n_pre_layer(self._model) != self.info.n_pre_layers:
+            raise ClmError(f"{path}: llama.cpp reads a different pre-layer count than the file declares")
+
+        self.n_ctx = n_ctx
+        self.n_sequences = 2 if self.info.is_clm else 1
+        threads = n_threads or os.cpu_count() or 1
+        context_params = self._llama.llama_context_default_params()
+        context_params.n_ctx = n_ctx * self.n_sequences
+        context_params.n_seq_max = self.n_sequences
+        context_params.n_batch = context_params.n_ubatch = min(n_batch, n_ctx) * self.n_sequences
+        context_params.n_threads = context_params.n_threads_batch = threads
+        context_params.no_perf = True
+        self._context = self._llama.llama_init_from_model(self._model, context_params)
+        if not self._context:
+            raise ClmError(f"llama.cpp could not create a context for {path}: {library.last_log_error()}")
+        self.n_batch = context_params.n_batch
+        self._batch = self._llama.llama_batch_init(self.n_batch, 0, 1)
+        self._memory = self._llama.llama_get_memory(self._context)
+        vocab = self._llama.llama_model_get_vocab(self._model)
+        self.n_vocab = int(self._llama.llama_vocab_n_tokens(vocab))
+
+    # -- the public API ------------------------------------------------------------------------
+
+    def logits(
+        self, token_ids: Sequence[int], alpha: float | None = None, mode: str | None = None
+    ) -> np.ndarray:
+        """Blended logits `[len(token_ids), n_vocab]` for every position, from an empty cache."""
+        tokens = self.check_tokens(token_ids)
+        if len(tokens) > self.n_ctx:
+            raise ClmError(
+                f"{len(tokens)} tokens do not fit the context of {self.n_ctx}: load with a larger n_ctx"
+            )
+        alpha = check_alpha(self.info.alpha_default if alpha is None else alpha)
+        mode = check_mode(self.info.mix_default if mode is None else mode)
+        self.reset()
+        if not self.info.is_clm:
+            self._warn_plain()
+            return self.decode({ALIGNED_SEQ: tokens}, all_logits=True)[ALIGNED_SEQ]
+        if mode == "embed":
+            self.set_alpha(ALIGNED_SEQ, alpha)
+            return self.decode({ALIGNED_SEQ: tokens}, all_logits=True)[ALIGNED_SEQ]
+        self.set_alpha(ALIGNED_SEQ, 1.0)
+        self.set_alpha(REFERENCE_SEQ, 0.0)
+        out = self.decode({ALIGNED_SEQ: tokens, REFERENCE_SEQ: tokens}, all_logits=True)
+        return mix_logits(out[ALIGNED_SEQ], out[REFERENCE_SEQ], alpha)
+
+    # -- building blocks for chat and benchmarks --------------------------------------------------
+
+    def check_tokens(self, token_ids: Sequence[int]) -> list[int]:
+        tokens = [int(t) for t in token_ids]
+        if not tokens:
+            raise ClmError("no tokens given")
+        bad = [t for t in tokens if not 0 <= t < self.n_vocab]
+        if bad:
+            raise ClmError(f"token id {bad[0]} is out of range (vocabulary of {self.n_vocab})")
+        return tokens
+
+    def reset(self) -> None:
+        """Empty the KV cache of every sequence."""
+        self._llama.llama_memory_clear(self._memory, True)
+
+    def forget_after(self, seq_id: int, position: int) -> None:
+        """Drop a sequence's cached positions from `position` on."""
+        if not self._llama.llama_memory_seq_rm(self._memory, seq_id, position, -1):
+            raise ClmError(f"llama.cpp could not drop positions {position}.. of sequence {seq_id}")
+
+    def next_position(self, seq_id: int) -> int:
+        """The position after the last one cached for the sequence (0 when empty)."""
+        return int(self._llama.llama_memory_seq_pos_max(self._memory, seq_id)) + 1
+
+    def set_alpha(self, seq_id: int, alpha: float) -> None:
+        """The pre-layer coefficient of a sequence, from its next decoded token on."""
+        library.set_pre_layer_alpha(self._context, seq_id, check_alpha(alpha))
+
+    def get_alpha(self, seq_id: int) -> float:
+        return library.get_pre_layer_alpha(self._context, seq_id)
+
+    def decode(
+        self, tokens_by_seq: dict[int, list[int]], *, all_logits: bool = False
+    ) -> dict[int, np.ndarray]:
+        """Append tokens to sequences (one batch for all of them) and return their logits.
+
+        Each sequence continues from its cached positions. With all_logits the result has a row
+        per token, otherwise one row: the last token's. The sequences advance together through
+        chunks of the batch size, so in logits mode the two paths always share a batch.
+        """
+        if not tokens_by_seq:
+            return {}
+        starts = {seq: self.next_position(seq) for seq in tokens_by_seq}
+        for seq, tokens in tokens_by_seq.items():
+            needed = starts[seq] + len(tokens)
+            if needed > self.n_ctx:
+                raise ClmError(f"the context is full: {needed} positions needed, {self.n_ctx} available")
+        chunk = max(1, self.n_batch // len(tokens_by_seq))
+        longest = max(len(tokens) for tokens in tokens_by_seq.values())
+        rows: dict[int, list[np.ndarray]] = {seq: [] for seq in tokens_by_seq}
+        for offset in range(0, longest, chunk):
+            wanted: list[tuple[int, int]] = []  # (seq, number of output rows) in batch order
+            n = 0
+            for seq, tokens in tokens_by_seq.items():
+                piece = tokens[offset : offset + chunk]
+                for i, token in enumerate(piece):
+                    is_last = offset + i == len(tokens) - 1
+                    self._put(n, token, starts[seq] + offset + i, seq, all_logits or is_last)
+                    n += 1
+                outputs = len(piece) if all_logits else int(offset <= len(tokens) - 1 < offset + chunk)
+                wanted.append((seq, outputs))
+            self._batch.n_tokens = n
+            status = self._llama.llama_decode(self._context, self._batch)
+            if status != 0:
+                reason = "no room left in the KV cache" if status == 1 else library.last_log_error()
+                raise ClmError(f"llama.cpp could not decode the batch (status {status}): {reason}")
+            n_out = sum(count for _, count in wanted)
+            if n_out:
+                pointer = self._llama.llama_get_logits(self._context)
+                block = np.ctypeslib.as_array(pointer, shape=(n_out, self.n_vocab))
+                row = 0
+                for seq, count in wanted:
+                    rows[seq].append(block[row : row + count].copy())
+                    row += count
+        return {seq: np.concatenate(parts) for seq, parts in rows.items()}
+
+    def _put(self, index: int, token: int, position: int, seq_id: int, want_logits: bool) -> None:
+        batch = self._batch
+        batch.token[index] = token
+        batch.pos[index] = position
+        batch.n_seq_id[index] = 1
+        batch.seq_id[index][0] = seq_id
+        batch.logits[index] = want_logits
+
+    def _warn_plain(self) -> None:
+        if not self._warned_plain:
+            warnings.warn(
+                f"{self.info.path} has no CLM pre-layer: alpha has no effect on this model",
+                stacklevel=3,
+            )
+            self._warned_plain = True
+
+    # -- lifetime -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Free the llama.cpp context and model (also done when the object is collected)."""
+        if self._batch is not None:
+            self._llama.llama_batch_free(self._batch)
+            self._batch = None
+        if self._context:
+            self._llama.llama_free(self._context)
+            self._context = None
+        if self._model:
+            self._llama.llama_model_free(self._model)
+            self._model = None
+
+    def __enter__(self) -> ClmModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_llama", None) is not None:
+            self.close()
+
+
+def mix_logits(z_aligned: np.ndarray, z_reference: np.ndarray, alpha: float) -> np.ndarray:
+    """The paper's merge after the LM head: alpha * z_aligned + (1 - alpha) * z_ref."""
+    return alpha * z_aligned + (1.0 - alpha) * z_reference
+
+
+def load(
+    path: str | Path,
+    *,
+    n_ctx: int = 2048,
+    n_threads: int | None = None,
+    n_gpu_layers: int = 0,
+    n_batch: int = 512,
+) -> ClmModel:
+    """Load a (CLM) GGUF into the patched llama.cpp. See ClmModel."""
+    return ClmModel(path, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers, n_batch=n_batch)

@@ -1,0 +1,208 @@
+"""The patched llama.cpp against the independent numpy reference, on tiny random CLM files.
+
+These tests need the patched runtime (`clm-local runtime install`); without it they fail, since
+the runtime is the product.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+from numpy_reference import forward, forward_plain, relative_error
+from tiny_gguf import TinyModel, make_tiny_model
+
+import clm_local
+from clm_local import ClmError
+
+ALPHAS = (-0.5, 0.0, 0.25, 0.5, 1.0, 1.5, 3.0)
+MODES = ("logits", "embed")
+TOLERANCE = 1e-2
+TOKENS = [1, 5, 17, 42, 3, 88, 64, 9, 33, 70, 2, 11]
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def tiny(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[TinyModel, Path]:
+    """A random CLM model of each architecture, written as its three file variants."""
+    model = make_tiny_model(request.param, n_base_blocks=2, seed=7)
+    folder = tmp_path_factory.mktemp(request.param)
+    for variant in ("clm", "base", "plain_expanded"):
+        model.write(folder / f"{variant}.gguf", variant)
+    return model, folder
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny: tuple[TinyModel, Path]) -> clm_local.ClmModel:
+    _, folder = tiny
+    return clm_local.load(folder / "clm.gguf", n_ctx=64, n_threads=2)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_matches_the_numpy_reference_at_every_alpha(tiny, loaded, mode: str) -> None:
+    model, _ = tiny
+    for alpha in ALPHAS:
+        got = loaded.logits(TOKENS, alpha=alpha, mode=mode)
+        assert got.shape == (len(TOKENS), model.config.n_vocab)
+        error = relative_error(got, forward(model, TOKENS, alpha, mode))
+        assert error <= TOLERANCE, f"alpha={alpha} mode={mode}: relative error {error:.2e}"
+
+
+def test_alpha_moves_the_logits(tiny, loaded) -> None:
+    """Guards the tests above: a runtime that ignored alpha would fail here."""
+    assert relative_error(loaded.logits(TOKENS, 0.0), loaded.logits(TOKENS, 1.0)) > 0.1
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_alpha_zero_is_the_base_model_and_alpha_one_the_expanded_model(tiny, loaded, mode: str) -> None:
+    _, folder = tiny
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # plain models warn that alpha has no effect
+        with clm_local.load(folder / "base.gguf", n_ctx=64, n_threads=2) as base:
+            base_logits = base.logits(TOKENS)
+        with clm_local.load(folder / "plain_expanded.gguf", n_ctx=64, n_threads=2) as expanded:
+            expanded_logits = expanded.logits(TOKENS)
+    assert relative_error(loaded.logits(TOKENS, 0.0, mode), base_logits) <= TOLERANCE
+    assert relative_error(loaded.logits(TOKENS, 1.0, mode), expanded_logits) <= TOLERANCE
+
+
+def test_a_sequence_of_calls_with_changing_alpha_and_mode(tiny, loaded) -> None:
+    """No stale graph, no KV left over from an earlier call or from the other sequence."""
+    model, _ = tiny
+    calls = [
+        (0.5, "embed"),
+        (1.5, "logits"),
+        (0.0, "embed"),
+        (3.0, "embed"),
+        (0.25, "logits"),
+        (0.5, "embed"),
+    ]
+    for i, (alpha, mode) in enumerate(calls):
+        tokens = TOKENS[: 4 + i]  # a different length each time as well
+        error = relative_error(loaded.logits(tokens, alpha, mode), forward(model, tokens, alpha, mode))
+        assert error <= TOLERANCE, f"call {i} (alpha={alpha}, {mode}): relative error {error:.2e}"
+
+
+def test_incremental_decoding_equals_one_pass(tiny, loaded) -> None:
+    """Token-by-token decoding on the KV cache, with both sequences in one batch, as chat does."""
+    model, _ = tiny
+    loaded.reset()
+    loaded.set_alpha(0, 1.0)
+    loaded.set_alpha(1, 0.0)
+    loaded.decode({0: TOKENS[:5], 1: TOKENS[:5]})
+    rows = []
+    for token in TOKENS[5:]:
+        out = loaded.decode({0: [token], 1: [token]})
+        rows.append(0.5 * out[0][-1] + 0.5 * out[1][-1])
+    expected = forward(model, TOKENS, 0.5, "logits")[5:]
+    assert relative_error(np.stack(rows), expected) <= TOLERANCE
+
+
+def test_default_alpha_and_mode_come_from_the_file(tmp_path: Path) -> None:
+    model = make_tiny_model("llama", seed=3, alpha_default=0.25, mix_default="embed")
+    path = model.write(tmp_path / "m.gguf")
+    with clm_local.load(path, n_ctx=32, n_threads=2) as loaded:
+        assert loaded.info.alpha_default == 0.25 and loaded.info.mix_default == "embed"
+        assert loaded.get_alpha(0) == 0.25  # llama.cpp read clm.alpha_default too
+        error = relative_error(loaded.logits(TOKENS), forward(model, TOKENS, 0.25, "embed"))
+        assert error <= TOLERANCE
+
+
+def test_info_describes_the_file(tiny, loaded) -> None:
+    model, _ = tiny
+    info = loaded.info
+    assert (info.architecture, info.n_blocks, info.n_pre_layers) == (model.config.arch, 3, 1)
+    assert (info.alpha_default, info.mix_default, info.n_vocab) == (1.0, "logits", model.config.n_vocab)
+
+
+def test_a_plain_model_warns_once_that_alpha_does_nothing(tiny) -> None:
+    model, folder = tiny
+    with clm_local.load(folder / "base.gguf", n_ctx=32, n_threads=2) as plain:
+        assert not plain.info.is_clm
+        with pytest.warns(UserWarning, match="alpha has no effect"):
+            first = plain.logits(TOKENS, alpha=0.0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            second = plain.logits(TOKENS, alpha=3.0)
+    np.testing.assert_array_equal(first, second)
+    assert relative_error(first, forward_plain(model, TOKENS, use_pre_layer=False)) <= TOLERANCE
+
+
+# -- bad input: one clear ClmError, never a crash ------------------------------------------------
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ClmError, match="no such file"):
+        clm_local.load(tmp_path / "nope.gguf")
+
+
+def test_not_a_gguf(tmp_path: Path) -> None:
+    path = tmp_path / "text.gguf"
+    path.write_text("hello, I am not a model\n" * 10)
+    with pytest.raises(ClmError, match="not a GGUF"):
+        clm_local.load(path)
+
+
+def test_truncated_gguf(tiny, tmp_path: Path) -> None:
+    _, folder = tiny
+    data = (folder / "clm.gguf").read_bytes()
+    for keep in (len(data) // 2, 200, 30):
+        path = tmp_path / f"cut{keep}.gguf"
+        path.write_bytes(data[:keep])
+        with pytest.raises(ClmError, match="truncated|corrupt"):
+            clm_local.load(path)
+
+
+def test_corrupt_header(tiny, tmp_path: Path) -> None:
+    _, folder = tiny
+    data = bytearray((folder / "clm.gguf").read_bytes())
+    data[8:24] = b"\xff" * 16  # tensor and key counts become absurd
+    path = tmp_path / "corrupt.gguf"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ClmError, match="corrupt|truncated"):
+        clm_local.load(path)
+
+
+def test_architecture_the_hook_cannot_serve(tmp_path: Path) -> None:
+    path = tmp_path / "gemma.gguf"
+    writer = gguf.GGUFWriter(path, "gemma")
+    writer.add_block_count(3)
+    writer.add_uint32("clm.pre_layer_count", 1)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ClmError, match="does not serve the 'gemma' architecture"):
+        clm_local.load(path)
+
+
+@pytest.mark.parametrize("alpha", [float("nan"), float("inf"), float("-inf")])
+def test_alpha_must_be_finite(loaded, alpha: float) -> None:
+    with pytest.raises(ClmError, match="finite"):
+        loaded.logits(TOKENS, alpha=alpha)
+    with pytest.raises(ClmError, match="finite"):
+        loaded.set_alpha(0, alpha)
+
+
+def test_unknown_mode(loaded) -> None:
+    with pytest.raises(ClmError, match="mode must be one of"):
+        loaded.logits(TOKENS, mode="average")
+
+
+@pytest.mark.parametrize("bad", [[-1], [96], [1, 2, 10**9], []])
+def test_token_ids_out_of_range(loaded, bad: list[int]) -> None:
+    with pytest.raises(ClmError, match="out of range|no tokens"):
+        loaded.logits(bad)
+
+
+def test_context_too_small(tiny) -> None:
+    _, folder = tiny
+    with clm_local.load(folder / "clm.gguf", n_ctx=8, n_threads=2) as small:
+        with pytest.raises(ClmError, match="do not fit the context"):
+            small.logits(TOKENS)
+        small.reset()
+        small.decode({0: TOKENS[:6]})
+        with pytest.raises(ClmError, match="context is full"):
+            small.decode({0: TOKENS[6:]})
