@@ -125,8 +125,9 @@ def apply_patch(llama_cpp_dir: Path) -> None:
     if check.returncode != 0:
         current_file, failures = "?", []
         for line in check.stdout.splitlines():
-            if line.startswith("patching file "):
-                current_file = line.removeprefix("patching file ").strip()
+            named = re.match(r"(?:checking|patching) file (.+)", line)  # GNU patch: dry run, real run
+            if named:
+                current_file = named.group(1).strip()
             hunk = re.match(r"Hunk #(\d+) FAILED at (\d+)", line)
             if hunk:
                 failures.append(f"{current_file} hunk #{hunk.group(1)} (at line {hunk.group(2)})")
