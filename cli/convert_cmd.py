@@ -1,7 +1,89 @@
-"""Placeholder: filled in by the work on this command."""
+"""`clm-local convert` and `clm-local info`: make one CLM GGUF, and describe any GGUF.
+
+The work lives in clm_local.converters; this module only maps options to it (imported inside
+the commands, so `clm-local --help` stays fast).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the app."""
+    """Add `convert` and `info` to the app."""
+    app.command()(convert)
+    app.command()(info)
+
+
+def convert(
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="A training checkpoint folder (clm-local train), a Hugging Face folder in the expanded "
+            "layout (block 0 = P), or a GGUF made by llama.cpp's converter from such a folder.",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[Path, typer.Argument(help="The GGUF file to write.", show_default=False)],
+    base: Annotated[
+        Path | None,
+        typer.Option(
+            help="Checkpoints: the base GGUF to graft onto (default: the base recorded at training)."
+        ),
+    ] = None,
+    force_base: Annotated[
+        bool, typer.Option(help="Checkpoints: graft even if the base is not the file P was trained on.")
+    ] = False,
+    outtype: Annotated[
+        str,
+        typer.Option(
+            help="Type of converted tensors (P for a checkpoint, all for a folder): auto (keep each "
+            "tensor's float type), f32, f16, bf16 or q8_0. Norms and biases stay f32."
+        ),
+    ] = "auto",
+    quantize: Annotated[
+        str | None,
+        typer.Option(help="Quantize the result with llama.cpp's quantizer (a type such as Q4_K_M or Q8_0)."),
+    ] = None,
+    alpha_default: Annotated[float, typer.Option(help="Alpha the runtime uses when none is given.")] = 1.0,
+    mix_default: Annotated[str, typer.Option(help="How alpha mixes by default: logits or embed.")] = "logits",
+    pre_layers: Annotated[
+        int, typer.Option(help="Folders and GGUF sources: how many leading blocks are pre-layers.")
+    ] = 1,
+    force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+) -> None:
+    """Write one GGUF with the pre-layer that the patched runtime and a stock llama.cpp both load."""
+    from clm_local.converters.convert import ConvertOptions
+    from clm_local.converters.convert import convert as run_convert
+    from clm_local.converters.info import format_info, read_info
+
+    options = ConvertOptions(
+        outtype=outtype,
+        alpha_default=alpha_default,
+        mix_default=mix_default,
+        pre_layers=pre_layers,
+        base=base,
+        force_base=force_base,
+        quantize=quantize,
+        force=force,
+    )
+    started = time.perf_counter()
+    kind = run_convert(source, out, options)
+    typer.echo(f"converted the {kind.value} {source} in {time.perf_counter() - started:.1f} s")
+    typer.echo(format_info(read_info(out)))
+
+
+def info(
+    file: Annotated[Path, typer.Argument(help="A GGUF file.", show_default=False)],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+) -> None:
+    """Describe a GGUF: architecture, blocks, pre-layer, defaults, provenance, tensor types, sizes."""
+    from clm_local.converters.info import format_info, read_info
+
+    details = read_info(file)
+    typer.echo(json.dumps(details.to_json(), indent=2) if as_json else format_info(details))

@@ -1,0 +1,98 @@
+"""`clm-local convert SOURCE OUT.gguf`: pick the path for the source, run it, optionally quantize.
+
+SOURCE is one of (checked in this order):
+  (a) a training checkpoint folder (pre_layer.safetensors + clm_manifest.json)  -> graft.py
+  (b) a Hugging Face folder in the expanded layout (config.json, N+1 blocks)     -> hf_to_gguf.py
+  (c) a GGUF made by llama.cpp's converter from such a folder                    -> add_keys.py
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from clm_local.errors import ClmError
+from clm_local.gguf_keys import MIX_MODES
+
+from .add_keys import add_clm_keys
+from .graft import graft, is_training_checkpoint
+from .hf_tensors import OUTTYPES
+from .hf_to_gguf import convert_hf_folder, is_hf_folder
+
+
+class SourceKind(str, Enum):
+    CHECKPOINT = "training checkpoint"
+    HF_FOLDER = "Hugging Face folder"
+    GGUF = "GGUF file"
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    outtype: str = "auto"
+    alpha_default: float = 1.0
+    mix_default: str = "logits"
+    pre_layers: int = 1  # (b) and (c): how many leading blocks are pre-layers
+    base: Path | None = None  # (a) only: the GGUF to graft onto
+    force_base: bool = False  # (a) only: accept a base other than the one P was trained on
+    quantize: str | None = None  # a llama.cpp type name (Q4_K_M, ...), applied to the output
+    force: bool = False  # replace an existing output
+
+
+def source_kind(source: Path) -> SourceKind:
+    if is_training_checkpoint(source):
+        return SourceKind.CHECKPOINT
+    if is_hf_folder(source):
+        return SourceKind.HF_FOLDER
+    if source.is_file():
+        with open(source, "rb") as stream:
+            if stream.read(4) == b"GGUF":
+                return SourceKind.GGUF
+        raise ClmError(f"{source} is not a GGUF file")
+    if source.is_dir():
+        raise ClmError(
+            f"{source} is neither a training checkpoint (pre_layer.safetensors) "
+            "nor a Hugging Face model folder (config.json)"
+        )
+    raise ClmError(f"{source}: no such file or folder")
+
+
+def convert(source: Path, out: Path, options: ConvertOptions) -> SourceKind:
+    """Write the CLM GGUF `out` from `source`; returns which kind of source it was."""
+    kind = source_kind(source)
+    _check_options(kind, options)
+    if options.quantize is not None:
+        from .quantize import convert_then_quantize
+
+        convert_then_quantize(
+            lambda temp_out: _run(kind, source, temp_out, options, force=True), out, options
+        )
+    else:
+        _run(kind, source, out, options, force=options.force)
+    return kind
+
+
+def _check_options(kind: SourceKind, options: ConvertOptions) -> None:
+    """Refuse bad or meaningless options before any slow work (hashing, reading weights)."""
+    if options.outtype not in OUTTYPES:
+        raise ClmError(f"--outtype must be one of {', '.join(OUTTYPES)} (got {options.outtype!r})")
+    if options.mix_default not in MIX_MODES:
+        raise ClmError(f"--mix-default must be one of {', '.join(MIX_MODES)} (got {options.mix_default!r})")
+    if kind is not SourceKind.CHECKPOINT and (options.base is not None or options.force_base):
+        raise ClmError("--base and --force-base apply to training checkpoints only")
+    if kind is SourceKind.CHECKPOINT and options.pre_layers != 1:
+        raise ClmError("--pre-layers does not apply to a training checkpoint (it holds one pre-layer)")
+    if kind is SourceKind.GGUF and options.outtype != "auto":
+        raise ClmError("--outtype does not apply to a GGUF source (its tensors are copied as they are)")
+
+
+def _run(kind: SourceKind, source: Path, out: Path, options: ConvertOptions, *, force: bool) -> None:
+    defaults = dict(alpha_default=options.alpha_default, mix_default=options.mix_default, force=force)
+    if kind is SourceKind.CHECKPOINT:
+        graft(
+            source, out, base=options.base, force_base=options.force_base, outtype=options.outtype, **defaults
+        )
+    elif kind is SourceKind.HF_FOLDER:
+        convert_hf_folder(source, out, pre_layers=options.pre_layers, outtype=options.outtype, **defaults)
+    else:
+        add_clm_keys(source, out, pre_layers=options.pre_layers, **defaults)

@@ -1,0 +1,262 @@
+"""GGUF in and out for the converters: validated reading, byte-exact copying, atomic writing.
+
+Files are opened with clm_local.gguf_file.open_gguf (shared with the runtime), which turns a
+missing, truncated or corrupt file into one ClmError line.
+
+Every converter builds the same two lists and hands them to `write_gguf`:
+
+- `MetadataEntry`s: key/value pairs. `copy_metadata` turns a source file's pairs into entries that
+  re-encode to exactly the source bytes (strings stay raw bytes, numbers keep their GGUF type).
+- `OutputTensor`s: a name, a ggml shape and type, and the bytes to write (or a function that makes
+  them, so that a large model is converted one tensor at a time). `copy_tensor` wraps a tensor of
+  a source file: its bytes are the source's own, memory-mapped, never decoded.
+
+`write_gguf` writes through gguf-py's GGUFWriter into a temporary file next to the output and
+renames it into place only once everything is on disk: a failed or interrupted run leaves no
+partial output and never touches an existing file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+from gguf import GGMLQuantizationType, GGUFValueType
+
+from clm_local.errors import ClmError
+from clm_local.gguf_file import field_value
+
+# Below this many bytes a progress bar would only flicker.
+PROGRESS_MIN_BYTES = 64 * 1024 * 1024
+
+_ALIGNMENT_KEY = gguf.Keys.General.ALIGNMENT
+_ARCHITECTURE_KEY = gguf.Keys.General.ARCHITECTURE
+
+
+@dataclass(frozen=True)
+class MetadataEntry:
+    """One key/value pair to write. Strings may be `bytes` (copied verbatim) or `str`."""
+
+    key: str
+    value: Any
+    type: GGUFValueType
+    sub_type: GGUFValueType | None = None  # the element type of an ARRAY
+
+
+@dataclass(frozen=True)
+class OutputTensor:
+    """One tensor to write.
+
+    `ne` is the ggml shape (innermost dimension first, as GGUF tensor infos and GGUFReader's
+    `shape` have it); `data` gives the bytes in the file's encoding of `ggml_type`.
+    """
+
+    name: str
+    ne: tuple[int, ...]
+    ggml_type: GGMLQuantizationType
+    data: np.ndarray | Callable[[], np.ndarray]
+
+    @property
+    def n_elements(self) -> int:
+        return int(np.prod(self.ne, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        block_size, type_size = gguf.GGML_QUANT_SIZES[self.ggml_type]
+        return self.n_elements // block_size * type_size
+
+    def materialize(self) -> np.ndarray:
+        return self.data() if callable(self.data) else self.data
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+
+def require_value(reader: gguf.GGUFReader, key: str, path: Path) -> Any:
+    """The value of `key`; a ClmError naming the file when it is missing."""
+    value = field_value(reader, key)
+    if value is None:
+        raise ClmError(f"{path} has no {key} key")
+    return value
+
+
+def architecture(reader: gguf.GGUFReader, path: Path) -> str:
+    return str(require_value(reader, _ARCHITECTURE_KEY, path))
+
+
+def raw_field_bytes(field: gguf.ReaderField) -> bytes:
+    """The exact bytes of a key/value pair as stored in the file (key, type and value)."""
+    return b"".join(part.tobytes() for part in field.parts)
+
+
+def copy_metadata(reader: gguf.GGUFReader, replace: dict[str, MetadataEntry]) -> list[MetadataEntry]:
+    """The source's key/value pairs in their order, with the keys of `replace` swapped in place.
+
+    Skipped: the GGUF.* pseudo-fields of the header (not metadata) and general.architecture
+    (`write_gguf` writes it first). An empty array is dropped with a warning: GGUFWriter cannot
+    encode one and no loader gives it a meaning.
+    """
+    entries = []
+    for field in reader.fields.values():
+        if field.name.startswith("GGUF.") or field.name == _ARCHITECTURE_KEY:
+            continue
+        if field.name in replace:
+            entries.append(replace[field.name])
+            continue
+        entry = _entry_from_field(field)
+        if entry is None:
+            print(f"warning: dropping empty array {field.name}", file=sys.stderr)
+            continue
+        entries.append(entry)
+    return entries
+
+
+def _entry_from_field(field: gguf.ReaderField) -> MetadataEntry | None:
+    vtype = field.types[0]
+    if vtype != GGUFValueType.ARRAY:
+        return MetadataEntry(field.name, _raw_item(field.parts[field.data[0]], vtype), vtype)
+    if not field.data:
+        return None
+    sub_type = field.types[1]
+    if sub_type == GGUFValueType.ARRAY:
+        raise ClmError(f"metadata key {field.name} is a nested array, which this converter cannot copy")
+    values = [_raw_item(field.parts[index], sub_type) for index in field.data]
+    return MetadataEntry(field.name, values, vtype, sub_type)
+
+
+def _raw_item(part: np.ndarray, vtype: GGUFValueType) -> Any:
+    # Strings stay bytes so that nothing is decoded and re-encoded; numbers become Python numbers,
+    # which GGUFWriter packs back into the same GGUF type bit for bit.
+    return part.tobytes() if vtype == GGUFValueType.STRING else part[0].item()
+
+
+def entries_from_writer(writer: gguf.GGUFWriter) -> list[MetadataEntry]:
+    """The pairs added to a GGUFWriter that serves as a recorder (created without a path).
+
+    gguf-py's add_* methods know each standard key's name and type; recording through them and
+    writing with `write_gguf` keeps one writing path for every converter.
+    """
+    return [
+        MetadataEntry(key, value.value, value.type, value.sub_type)
+        for key, value in writer.kv_data[0].items()
+        if key != _ARCHITECTURE_KEY
+    ]
+
+
+def copy_tensor(tensor: gguf.ReaderTensor, name: str | None = None) -> OutputTensor:
+    """A source tensor to write unchanged (optionally renamed): same type, shape and bytes."""
+    ne = tuple(int(n) for n in tensor.shape)
+    return OutputTensor(name or tensor.name, ne, tensor.tensor_type, tensor.data)
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, read in chunks (with a progress bar for large files)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream, progress_bar(path.stat().st_size, f"hashing {path.name}") as bar:
+        while chunk := stream.read(16 * 1024 * 1024):
+            digest.update(chunk)
+            bar.update(len(chunk))
+    return digest.hexdigest()
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+
+def write_gguf(
+    out: Path,
+    arch: str,
+    metadata: Sequence[MetadataEntry],
+    tensors: Sequence[OutputTensor],
+    *,
+    force: bool,
+) -> None:
+    """Write a GGUF file atomically: header, key/value pairs, tensor infos, then tensor data.
+
+    `metadata` must not contain general.architecture (GGUFWriter writes it first from `arch`).
+    A general.alignment entry sets the data alignment, as it does for readers.
+    """
+    with atomic_output(out, force=force) as temp_path:
+        writer = gguf.GGUFWriter(temp_path, arch)
+        for entry in metadata:
+            if entry.key == _ARCHITECTURE_KEY:
+                raise ValueError("general.architecture is written from `arch`")
+            if entry.key == _ALIGNMENT_KEY:
+                writer.data_alignment = int(entry.value)
+            writer.add_key_value(entry.key, entry.value, entry.type, entry.sub_type)
+        for tensor in tensors:
+            # GGUFWriter takes the numpy-order shape; with a non-uint8 dtype it keeps it as given.
+            numpy_shape = tuple(reversed(tensor.ne))
+            writer.add_tensor_info(
+                tensor.name, numpy_shape, np.dtype(np.float32), tensor.nbytes, raw_dtype=tensor.ggml_type
+            )
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        total = sum(tensor.nbytes for tensor in tensors)
+        with progress_bar(total, f"writing {out.name}") as bar:
+            for tensor in tensors:
+                data = tensor.materialize()
+                if data.nbytes != tensor.nbytes:
+                    raise ClmError(f"tensor {tensor.name}: {data.nbytes} bytes for {tensor.nbytes} expected")
+                writer.write_tensor_data(data)
+                bar.update(tensor.nbytes)
+        writer.close()
+
+
+@contextlib.contextmanager
+def atomic_output(out: Path, *, force: bool) -> Iterator[Path]:
+    """Yield a temporary path next to `out`; rename it to `out` only if the body succeeds.
+
+    The temporary file lives in the output's folder so that the final rename is atomic (same
+    file system), and it is removed on any failure, Ctrl-C included.
+    """
+    if out.is_dir():
+        raise ClmError(f"{out} is a folder; give the path of the .gguf file to write")
+    if out.exists() and not force:
+        raise ClmError(f"{out} already exists (use --force to replace it)")
+    if not out.parent.is_dir():
+        raise ClmError(f"folder {out.parent} does not exist")
+    descriptor, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial")
+    os.close(descriptor)
+    temp_path = Path(name)
+    try:
+        yield temp_path
+        with open(temp_path, "rb+") as stream:
+            os.fsync(stream.fileno())
+        temp_path.chmod(0o666 & ~_current_umask())  # mkstemp creates 0600; give the usual mode
+        os.replace(temp_path, out)
+    except BaseException:
+        temp_path.unlink(missing_ok=True)
+        raise
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def progress_bar(total: int, description: str) -> Any:
+    """A byte-counting tqdm bar on stderr, shown only for large totals on a terminal."""
+    from tqdm import tqdm  # a dependency of gguf
+
+    hidden = total < PROGRESS_MIN_BYTES
+    return tqdm(
+        total=total,
+        desc=description,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        file=sys.stderr,
+        leave=False,
+        disable=True if hidden else None,  # None: tqdm hides itself when stderr is not a terminal
+    )

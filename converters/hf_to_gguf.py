@@ -1,0 +1,257 @@
+"""Path (b): convert a Hugging Face folder in the expanded CLM layout to one GGUF.
+
+The folder is an ordinary llama or qwen2 model whose `num_hidden_layers` is N+1 and whose
+`model.layers.0` is P (what `clm-local train --export-hf` writes and what the paper's authors
+publish), so the conversion is llama.cpp's convert_hf_to_gguf.py for these two families, done with
+gguf-py: the same metadata keys, tensor names, q/k row order and tokenizer, plus the clm.* keys.
+Tensors are read memory-mapped and converted one at a time while the file is written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+from gguf import GGMLQuantizationType
+
+from clm_local.errors import ClmError
+
+from .clm_metadata import check_architecture, clm_entries
+from .gguf_io import OutputTensor, entries_from_writer, write_gguf
+from .hf_tensors import Heads, to_gguf_tensor
+from .hf_tokenizer import add_tokenizer
+from .safetensors_io import SafeTensor, read_safetensors
+
+_FILE_TYPES = {
+    GGMLQuantizationType.F32: gguf.LlamaFileType.ALL_F32,
+    GGMLQuantizationType.F16: gguf.LlamaFileType.MOSTLY_F16,
+    GGMLQuantizationType.BF16: gguf.LlamaFileType.MOSTLY_BF16,
+    GGMLQuantizationType.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0,
+}
+# Tensors a checkpoint may carry that llama.cpp recomputes instead of loading.
+_SKIPPED_SUFFIXES = (".rotary_emb.inv_freq",)
+
+
+@dataclass(frozen=True)
+class HfConfig:
+    """The hyperparameters of config.json that the GGUF needs, checked to be present."""
+
+    arch: str
+    n_blocks: int
+    n_ctx: int
+    n_embd: int
+    n_ff: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int | None  # only when config.json states it
+    rms_eps: float
+    n_vocab: int
+    tied_embeddings: bool
+    rope: dict[str, Any]  # rope_theta, rope_type and scaling parameters, whichever config style
+
+    @property
+    def rope_dim(self) -> int:
+        return self.head_dim or self.n_embd // self.n_head
+
+
+def is_hf_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").is_file()
+
+
+def convert_hf_folder(
+    folder: Path,
+    out: Path,
+    *,
+    pre_layers: int,
+    outtype: str,
+    alpha_default: float,
+    mix_default: str,
+    force: bool,
+) -> None:
+    """Write `out`: the whole folder (weights and tokenizer) as a CLM GGUF."""
+    config = read_config(folder)
+    if config.n_blocks <= pre_layers:
+        raise ClmError(
+            f"{folder} has {config.n_blocks} blocks: too few for {pre_layers} pre-layer(s) and a model"
+        )
+    tensors = _tensors(folder, config, outtype)
+
+    recorder = gguf.GGUFWriter(None, config.arch)  # no file: collects typed key/value pairs
+    _add_general(recorder, folder, tensors)
+    _add_hparams(recorder, config, tensors)
+    recorder.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    add_tokenizer(recorder, folder, config.arch, config.n_vocab)
+    metadata = entries_from_writer(recorder)
+    metadata += clm_entries(pre_layers=pre_layers, alpha_default=alpha_default, mix_default=mix_default)
+    write_gguf(out, config.arch, metadata, tensors, force=force)
+
+
+def read_config(folder: Path) -> HfConfig:
+    path = folder / "config.json"
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ClmError(f"cannot read {path} ({error})") from None
+    arch = raw.get("model_type")
+    check_architecture(str(arch), folder)
+
+    def need(key: str) -> Any:
+        if key not in raw:
+            raise ClmError(f"{path} lacks '{key}'")
+        return raw[key]
+
+    rope = dict(raw.get("rope_parameters") or raw.get("rope_scaling") or {})
+    rope.setdefault("rope_theta", raw.get("rope_theta"))
+    rope.setdefault("rope_type", rope.get("type", "default"))
+    return HfConfig(
+        arch=arch,
+        n_blocks=int(need("num_hidden_layers")),
+        n_ctx=int(need("max_position_embeddings")),
+        n_embd=int(need("hidden_size")),
+        n_ff=int(need("intermediate_size")),
+        n_head=int(need("num_attention_heads")),
+        n_head_kv=int(raw.get("num_key_value_heads") or need("num_attention_heads")),
+        head_dim=raw.get("head_dim"),
+        rms_eps=float(need("rms_norm_eps")),
+        n_vocab=int(need("vocab_size")),
+        tied_embeddings=bool(raw.get("tie_word_embeddings", False)),
+        rope=rope,
+    )
+
+
+def _tensors(folder: Path, config: HfConfig, outtype: str) -> list[OutputTensor]:
+    """Every tensor of the folder in GGUF form, plus llama3's rope factors, checked for completeness."""
+    heads = Heads(config.n_head, config.n_head_kv)
+    tensors = [_rope_factors(config)] if config.rope["rope_type"] == "llama3" else []
+    for hf_name, tensor in _read_weights(folder).items():
+        if hf_name.endswith(_SKIPPED_SUFFIXES) or (config.tied_embeddings and hf_name == "lm_head.weight"):
+            continue  # a tied head is token_embd again: llama.cpp reuses it when output.weight is absent
+        tensors.append(
+            to_gguf_tensor(
+                config.arch, hf_name, tensor, n_blocks=config.n_blocks, heads=heads, outtype=outtype
+            )
+        )
+    _check_complete(folder, config, {t.name for t in tensors})
+    return tensors
+
+
+def _read_weights(folder: Path) -> dict[str, SafeTensor]:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, AttributeError) as error:
+            raise ClmError(f"{index} is not a valid safetensors index ({error})") from None
+        paths = [folder / name for name in files]
+    else:
+        paths = sorted(folder.glob("*.safetensors"))
+    if not paths:
+        raise ClmError(f"{folder} has no *.safetensors weights (PyTorch .bin checkpoints are not supported)")
+    weights: dict[str, SafeTensor] = {}
+    for path in paths:
+        for name, tensor in read_safetensors(path).items():
+            if name in weights:
+                raise ClmError(f"{folder}: tensor {name} appears in two weight files")
+            weights[name] = tensor
+    return weights
+
+
+def _check_complete(folder: Path, config: HfConfig, names: set[str]) -> None:
+    """Refuse a folder whose tensors llama.cpp would reject or silently misread."""
+    required = {"token_embd.weight", "output_norm.weight"}
+    if not config.tied_embeddings:
+        required.add("output.weight")  # absent, llama.cpp would silently tie the head to token_embd
+    if missing := sorted(required - names):
+        raise ClmError(f"{folder} lacks tensors for {', '.join(missing)}")
+    per_block = [
+        {n.split(".", 2)[2] for n in names if n.startswith(f"blk.{i}.")} for i in range(config.n_blocks)
+    ]
+    for index, block in enumerate(per_block):
+        if block != per_block[0] or not block:
+            raise ClmError(f"{folder}: block {index} does not have the same tensors as block 0")
+
+
+def _rope_factors(config: HfConfig) -> OutputTensor:
+    """llama3 rope scaling as llama.cpp stores it: per-frequency factors (generate_extra_tensors)."""
+    rope = config.rope
+    freqs = 1.0 / (
+        float(rope["rope_theta"]) ** (np.arange(0, config.rope_dim, 2, dtype=np.float32) / config.rope_dim)
+    )
+    factor = rope.get("factor", 8.0)
+    low_freq_factor = rope.get("low_freq_factor", 1.0)
+    high_freq_factor = rope.get("high_freq_factor", 4.0)
+    old_context_len = rope.get("original_max_position_embeddings", 8192)
+    low_freq_wavelen = old_context_len / low_freq_factor
+    high_freq_wavelen = old_context_len / high_freq_factor
+    factors = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_freq_wavelen:
+            factors.append(1.0)
+        elif wavelen > low_freq_wavelen:
+            factors.append(factor)
+        else:
+            smooth = (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    data = np.array(factors, dtype=np.float32)
+    return OutputTensor("rope_freqs.weight", (len(factors),), GGMLQuantizationType.F32, data)
+
+
+def _add_general(writer: gguf.GGUFWriter, folder: Path, tensors: list[OutputTensor]) -> None:
+    """general.* from the model card and config, as llama.cpp's converter derives them."""
+    total_params = sum(t.n_elements for t in tensors)
+    metadata = gguf.Metadata.load(None, folder, None, total_params)
+    metadata.name = metadata.name or folder.name
+    metadata.size_label = metadata.size_label or gguf.size_label(total_params, total_params, 0, 0)
+    writer.add_type(gguf.GGUFType.MODEL)
+    metadata.set_gguf_meta_model(writer)
+
+
+def _add_hparams(writer: gguf.GGUFWriter, config: HfConfig, tensors: list[OutputTensor]) -> None:
+    """The `{arch}.*` hyperparameters (llama.cpp's TextModel and LlamaModel.set_gguf_parameters)."""
+    writer.add_block_count(config.n_blocks)
+    writer.add_context_length(config.n_ctx)
+    writer.add_embedding_length(config.n_embd)
+    writer.add_feed_forward_length(config.n_ff)
+    writer.add_head_count(config.n_head)
+    writer.add_head_count_kv(config.n_head_kv)
+    _add_rope(writer, config)
+    writer.add_layer_norm_rms_eps(config.rms_eps)
+    if config.head_dim is not None:
+        writer.add_key_length(config.head_dim)
+        writer.add_value_length(config.head_dim)
+    writer.add_file_type(_file_type(tensors))
+    if config.arch == "llama":
+        writer.add_vocab_size(config.n_vocab)
+        writer.add_rope_dimension_count(config.rope_dim)
+
+
+def _add_rope(writer: gguf.GGUFWriter, config: HfConfig) -> None:
+    rope = config.rope
+    rope_type = rope["rope_type"]
+    if rope_type == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(rope["factor"])
+    elif rope_type == "yarn":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        writer.add_rope_scaling_factor(rope["factor"])
+        writer.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
+    elif rope_type not in ("default", "llama3"):  # llama3 is stored as the rope_freqs tensor
+        raise ClmError(f"rope scaling '{rope_type}' is not supported")
+    if rope["rope_theta"] is not None:
+        writer.add_rope_freq_base(rope["rope_theta"])
+
+
+def _file_type(tensors: list[OutputTensor]) -> gguf.LlamaFileType:
+    """general.file_type: the type that holds most of the matrix parameters."""
+    weight = Counter()
+    for tensor in tensors:
+        if len(tensor.ne) >= 2:
+            weight[tensor.ggml_type] += tensor.n_elements
+    return _FILE_TYPES[weight.most_common(1)[0][0]]

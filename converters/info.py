@@ -1,0 +1,158 @@
+"""`clm-local info FILE.gguf`: what a GGUF holds, read from its header alone.
+
+Also the summary `convert` prints at the end (it re-reads the file it just wrote, which doubles as
+a check that the output parses).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import gguf
+
+from clm_local.gguf_file import field_value, open_gguf
+from clm_local.gguf_keys import (
+    KEY_ALPHA_DEFAULT,
+    KEY_MIX_DEFAULT,
+    KEY_PRE_LAYER_COUNT,
+    PREFIX_BASE,
+    PREFIX_TRAIN,
+)
+
+
+@dataclass(frozen=True)
+class GgufInfo:
+    path: str
+    file_bytes: int
+    architecture: str
+    name: str | None
+    n_blocks: int | None  # {arch}.block_count: base blocks plus pre-layers
+    n_pre_layers: int  # 0: not a CLM file
+    alpha_default: float | None
+    mix_default: str | None
+    base: dict[str, object]  # clm.base.* without the prefix
+    train: dict[str, object]  # clm.train.*
+    tensor_types: dict[str, int]  # type name -> number of tensors
+    pre_layer_types: dict[str, int]
+    n_params: int
+    n_pre_layer_params: int
+    pre_layer_bytes: int
+
+    @property
+    def pre_layer_share(self) -> float:
+        return self.n_pre_layer_params / self.n_params if self.n_params else 0.0
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self) | {"pre_layer_share": self.pre_layer_share}
+
+
+def read_info(path: Path) -> GgufInfo:
+    reader = open_gguf(path)
+    arch = str(field_value(reader, gguf.Keys.General.ARCHITECTURE))
+    n_pre_layers = int(field_value(reader, KEY_PRE_LAYER_COUNT) or 0)
+    pre_layer = [t for t in reader.tensors if _block_index(t.name) in range(n_pre_layers)]
+    block_count = field_value(reader, gguf.Keys.LLM.BLOCK_COUNT.format(arch=arch))
+    return GgufInfo(
+        path=str(path),
+        file_bytes=path.stat().st_size,
+        architecture=arch,
+        name=field_value(reader, gguf.Keys.General.NAME),
+        n_blocks=None if block_count is None else int(block_count),
+        n_pre_layers=n_pre_layers,
+        alpha_default=field_value(reader, KEY_ALPHA_DEFAULT),
+        mix_default=field_value(reader, KEY_MIX_DEFAULT),
+        base=_with_prefix(reader, PREFIX_BASE),
+        train=_with_prefix(reader, PREFIX_TRAIN),
+        tensor_types=_type_counts(reader.tensors),
+        pre_layer_types=_type_counts(pre_layer),
+        n_params=sum(int(t.n_elements) for t in reader.tensors),
+        n_pre_layer_params=sum(int(t.n_elements) for t in pre_layer),
+        pre_layer_bytes=sum(int(t.n_bytes) for t in pre_layer),
+    )
+
+
+def format_info(info: GgufInfo) -> str:
+    """A one-screen description for people."""
+    lines = [
+        f"file          {info.path} ({_size(info.file_bytes)})",
+        f"model         {info.name or '(unnamed)'}, architecture {info.architecture}",
+    ]
+    if info.n_pre_layers:
+        pre = _count(info.n_pre_layers, "pre-layer")
+        base = _count((info.n_blocks or 0) - info.n_pre_layers, "base block")
+        lines += [
+            f"blocks        {info.n_blocks} = {pre} + {base}",
+            f"defaults      alpha {_number(info.alpha_default)}, mix {info.mix_default or 'logits'}",
+            f"pre-layer     {_params(info.n_pre_layer_params)} parameters, {info.pre_layer_share:.1%} of "
+            f"{_params(info.n_params)}; {_size(info.pre_layer_bytes)} as {_types(info.pre_layer_types)}",
+        ]
+    else:
+        lines += [
+            f"blocks        {info.n_blocks}, no pre-layer (an ordinary model, not a CLM file)",
+            f"parameters    {_params(info.n_params)}",
+        ]
+    lines.append(f"tensor types  {_types(info.tensor_types)}")
+    for title, values in (("base", info.base), ("training", info.train)):
+        if values:
+            lines += _wrapped(title, [f"{k} = {_number(v)}" for k, v in values.items()])
+    return "\n".join(lines)
+
+
+def _wrapped(title: str, items: list[str], width: int = 100) -> list[str]:
+    """`title` then comma-separated items, broken between items only, indented under the first."""
+    lines = [f"{title:<14}"]
+    for item in items:
+        if len(lines[-1]) > 14 and len(lines[-1]) + len(item) + 2 > width:
+            lines[-1] += ","
+            lines.append(" " * 14)
+        elif len(lines[-1]) > 14:
+            lines[-1] += ", "
+        lines[-1] += item
+    return lines
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _block_index(tensor_name: str) -> int | None:
+    parts = tensor_name.split(".")
+    return int(parts[1]) if parts[0] == "blk" and parts[1].isdecimal() else None
+
+
+def _with_prefix(reader: gguf.GGUFReader, prefix: str) -> dict[str, object]:
+    return {
+        key.removeprefix(prefix): field_value(reader, key) for key in reader.fields if key.startswith(prefix)
+    }
+
+
+def _type_counts(tensors: list[gguf.ReaderTensor]) -> dict[str, int]:
+    return dict(Counter(t.tensor_type.name for t in tensors).most_common())
+
+
+def _types(counts: dict[str, int]) -> str:
+    return ", ".join(f"{name} x{count}" for name, count in counts.items()) or "none"
+
+
+def _size(n_bytes: int) -> str:
+    if n_bytes < 1024:
+        return f"{n_bytes} B"
+    size = n_bytes / 1024
+    for unit in ("KiB", "MiB"):
+        if size < 1024:
+            return f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+def _params(count: int) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.2f}{unit}"
+    return str(count)
+
+
+def _number(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
