@@ -1,7 +1,117 @@
-"""Placeholder: filled in by the work on this command."""
+"""`clm-local train BASE DATA -o CKPT`: train the CLM pre-layer (DPO or SFT) on a base model.
+
+The work lives in clm_local.training; this module only maps options to TrainOptions (imported
+inside the command, so `clm-local --help` does not load torch).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the app."""
+    """Add `train` to the app."""
+    app.command()(train)
+
+
+def train(
+    base: Annotated[
+        Path,
+        typer.Argument(
+            help="Base model: a Hugging Face folder or a GGUF file (Llama, Qwen2).", show_default=False
+        ),
+    ],
+    data: Annotated[
+        Path,
+        typer.Argument(
+            help="JSONL: prompt/chosen/rejected (DPO), prompt/completion or messages (SFT).",
+            show_default=False,
+        ),
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Checkpoint folder to write (CKPT).", show_default=False)
+    ],
+    objective: Annotated[str, typer.Option(help="dpo or sft.")] = "dpo",
+    beta: Annotated[float, typer.Option(help="DPO beta (strength of the pull towards the base).")] = 0.1,
+    lr: Annotated[float, typer.Option(help="Learning rate (AdamW, constant).")] = 1e-5,
+    epochs: Annotated[int, typer.Option(help="Passes over the data.")] = 1,
+    max_steps: Annotated[
+        int | None, typer.Option(help="Optimizer steps to run; overrides --epochs.", show_default=False)
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Examples (DPO: pairs) per forward pass.")] = 4,
+    grad_accum: Annotated[int, typer.Option(help="Forward passes per optimizer step.")] = 1,
+    max_length: Annotated[
+        int, typer.Option(help="Longest prompt+response in tokens; the prompt's start is cut first.")
+    ] = 1024,
+    seed: Annotated[int, typer.Option(help="Seed of the data order.")] = 0,
+    device: Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu), cpu, cuda or mps.")] = "auto",
+    dtype: Annotated[
+        str, typer.Option(help="auto (bf16 where supported, fp32 on CPU), fp32, bf16, fp16.")
+    ] = "auto",
+    eval_data: Annotated[
+        Path | None, typer.Option(help="JSONL evaluated at every checkpoint.", show_default=False)
+    ] = None,
+    save_every: Annotated[int, typer.Option(help="Checkpoint every this many steps (and at the end).")] = 100,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the run saved in CKPT from its last checkpoint.")
+    ] = False,
+    force: Annotated[bool, typer.Option(help="Write into an existing CKPT / --export-hf folder.")] = False,
+    skip_bad_lines: Annotated[
+        bool, typer.Option(help="Skip malformed or incomplete JSONL lines instead of stopping.")
+    ] = False,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="Start P from this checkpoint (e.g. DPO after SFT); ignored with --resume.",
+            show_default=False,
+        ),
+    ] = None,
+    export_hf: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write the expanded HF model (N+1 blocks, block 0 = P) here.", show_default=False
+        ),
+    ] = None,
+) -> None:
+    """Add the identity pre-layer P to BASE and train only P on DATA; write P and a manifest to CKPT."""
+    from clm_local.training import TrainOptions
+    from clm_local.training import train as run_training
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("clm_local")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+    options = TrainOptions(
+        objective=objective,
+        beta=beta,
+        lr=lr,
+        epochs=epochs,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        max_length=max_length,
+        seed=seed,
+        device=device,
+        dtype=dtype,
+        eval_data=eval_data,
+        save_every=save_every,
+        resume=resume,
+        force=force,
+        skip_bad_lines=skip_bad_lines,
+        export_hf=export_hf,
+        init_from=init_from,
+    )
+    try:
+        result = run_training(base, data, output, options)
+    finally:
+        logger.removeHandler(handler)
+    summary = ", ".join(f"{key} {value:.4f}" for key, value in result.metrics["train"].items())
+    typer.echo(f"trained {result.step} steps; {summary}")
+    typer.echo(f"checkpoint: {result.output}")

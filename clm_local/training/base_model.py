@@ -1,0 +1,130 @@
+"""Find, identify and load the base model: a Hugging Face folder or a single GGUF file.
+
+A GGUF base is loaded dequantized through transformers (`from_pretrained(..., gguf_file=...)`),
+tokenizer included, so the same file the runtime chats with can be trained on directly. The
+architecture is read before any weights are loaded, so an unsupported model is refused at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GgufConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from clm_local.errors import ClmError
+from clm_local.gguf_keys import SUPPORTED_ARCHITECTURES
+
+GGUF_MAGIC = b"GGUF"
+
+
+@dataclass(frozen=True)
+class BaseSource:
+    """Where the base model lives: `kind` is "hf" (a folder) or "gguf" (one file)."""
+
+    path: Path
+    kind: str
+    weight_files: tuple[Path, ...]
+
+
+def resolve_base(path: str | Path) -> BaseSource:
+    """Check that `path` is a model folder or a GGUF file, and list the files that hold its weights."""
+    path = Path(path).expanduser().resolve()
+    if path.is_file():
+        with path.open("rb") as handle:
+            if handle.read(4) != GGUF_MAGIC:
+                raise ClmError(f"{path} is neither a model folder nor a GGUF file")
+        return BaseSource(path, "gguf", (path,))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ClmError(f"{path} is not a Hugging Face model folder (no config.json)")
+        weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+        if not weights:
+            raise ClmError(f"{path} has a config.json but no weight files (*.safetensors)")
+        return BaseSource(path, "hf", tuple(weights))
+    raise ClmError(f"base model {path} does not exist")
+
+
+def base_architecture(source: BaseSource) -> str:
+    """The architecture name (GGUF `general.architecture` or HF `model_type`), refused unless supported."""
+    if source.kind == "gguf":
+        from gguf import GGUFReader
+
+        try:
+            field = GGUFReader(source.path).fields["general.architecture"]
+        except (KeyError, ValueError) as error:
+            raise ClmError(f"{source.path} is not a readable GGUF model ({error})") from None
+        architecture = str(field.contents())
+    else:
+        try:
+            architecture = str(json.loads((source.path / "config.json").read_text())["model_type"])
+        except (KeyError, ValueError) as error:
+            raise ClmError(f"{source.path / 'config.json'} has no readable model_type ({error})") from None
+    if architecture not in SUPPORTED_ARCHITECTURES:
+        supported = ", ".join(SUPPORTED_ARCHITECTURES)
+        raise ClmError(f"architecture '{architecture}' is not supported (supported: {supported})")
+    return architecture
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks so multi-gigabyte weights need no memory."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def base_identity(source: BaseSource) -> dict:
+    """The base's identity for the manifest: its path and the sha256 of every weight file."""
+    return {
+        "path": str(source.path),
+        "kind": source.kind,
+        "files": [
+            {"name": file.name, "size": file.stat().st_size, "sha256": sha256_file(file)}
+            for file in source.weight_files
+        ],
+    }
+
+
+def load_tokenizer(source: BaseSource) -> PreTrainedTokenizerBase:
+    """The base's tokenizer (from the GGUF metadata for a GGUF base)."""
+    if source.kind == "gguf":
+        # transformers merges tokenizer files lying next to the GGUF into the GGUF's own tokenizer;
+        # pointing it at an empty folder with an absolute gguf_file keeps the file self-contained.
+        with tempfile.TemporaryDirectory() as empty:
+            tokenizer = AutoTokenizer.from_pretrained(empty, gguf_file=str(source.path))
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(source.path)
+    if tokenizer.pad_token_id is None:
+        # Padding is masked out everywhere, so any id works; EOS is the usual choice.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(source: BaseSource, dtype: torch.dtype, device: torch.device) -> PreTrainedModel:
+    """The base model in `dtype` on `device`, in eval mode (no dropout: the policy and the DPO
+    reference must be the same deterministic function apart from P)."""
+    if source.kind == "gguf":
+        # Dense weights on purpose: P is a trainable copy of block 0, and an exported checkpoint must
+        # be an ordinary one (transformers would otherwise keep the blocks quantized where it has kernels).
+        with tempfile.TemporaryDirectory() as empty:
+            model = AutoModelForCausalLM.from_pretrained(
+                empty,
+                gguf_file=str(source.path),
+                dtype=dtype,
+                quantization_config=GgufConfig(dequantize=True),
+            )
+    else:
+        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype)
+    return model.to(device).eval()
