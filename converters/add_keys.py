@@ -13,8 +13,8 @@ import gguf
 from clm_local.errors import ClmError
 from clm_local.gguf_file import open_gguf
 
-from .clm_metadata import check_architecture, clm_entries, refuse_pre_layer
-from .gguf_io import architecture, copy_metadata, copy_tensor, require_value, write_gguf
+from .clm_metadata import check_gguf_source, clm_entries
+from .gguf_io import copy_metadata, copy_tensor, require_value, write_gguf
 
 
 def add_clm_keys(
@@ -27,12 +27,8 @@ def add_clm_keys(
     force: bool,
 ) -> None:
     """Write `out`: `source` with the clm.* keys declaring its first `pre_layers` blocks as P."""
-    if source.resolve() == out.resolve():
-        raise ClmError(f"{out} is the input file; write the CLM file somewhere else")
     reader = open_gguf(source)
-    arch = architecture(reader, source)
-    check_architecture(arch, source)
-    refuse_pre_layer(reader, source)
+    arch = check_gguf_source(reader, source)
     n_blocks = int(require_value(reader, gguf.Keys.LLM.BLOCK_COUNT.format(arch=arch), source))
     if n_blocks <= pre_layers:
         raise ClmError(

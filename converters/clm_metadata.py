@@ -1,8 +1,7 @@
 """The clm.* keys every converted file gets, and the checks every source must pass first.
 
 The key names live in clm_local.gguf_keys (the contract with the runtime); this module decides
-their GGUF types and refuses what cannot become a CLM file: an unsupported architecture, or a
-source that already has a pre-layer (a second insertion would put P in front of P).
+their GGUF types and refuses sources that cannot become a CLM file.
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ import gguf
 from gguf import GGUFValueType
 
 from clm_local.errors import ClmError
+from clm_local.gguf_file import field_value
 from clm_local.gguf_keys import (
     CLM_VERSION,
     KEY_ALPHA_DEFAULT,
@@ -28,7 +28,7 @@ from clm_local.gguf_keys import (
     SUPPORTED_ARCHITECTURES,
 )
 
-from .gguf_io import MetadataEntry
+from .gguf_io import MetadataEntry, require_value
 
 # Provenance values are what a manifest or config holds: text, numbers, flags.
 Provenance = Mapping[str, object]
@@ -40,14 +40,31 @@ def check_architecture(arch: str, source: Path) -> None:
         raise ClmError(f"{source}: architecture '{arch}' is not supported (supported: {supported})")
 
 
-def refuse_pre_layer(reader: gguf.GGUFReader, source: Path) -> None:
-    """Refuse a GGUF that is already a CLM file: inserting again would stack two pre-layers."""
-    field = reader.get_field(KEY_PRE_LAYER_COUNT)
-    if field is not None:
+def check_gguf_source(reader: gguf.GGUFReader, source: Path) -> str:
+    """The architecture of a GGUF that is to become a CLM file, after refusing what cannot.
+
+    Refused: an unsupported architecture; a split file (only its first part could be read, so the
+    output would silently lack tensors); a file that is already a CLM file (inserting again would
+    stack two pre-layers).
+    """
+    arch = str(require_value(reader, gguf.Keys.General.ARCHITECTURE, source))
+    check_architecture(arch, source)
+    if (field_value(reader, gguf.Keys.Split.LLM_KV_SPLIT_COUNT) or 1) > 1:
+        raise ClmError(f"{source} is one part of a split GGUF; merge it first (llama-gguf-split --merge)")
+    pre_layers = field_value(reader, KEY_PRE_LAYER_COUNT)
+    if pre_layers is not None:
         raise ClmError(
-            f"{source} already has a pre-layer ({KEY_PRE_LAYER_COUNT} = {field.contents()}): "
+            f"{source} already has a pre-layer ({KEY_PRE_LAYER_COUNT} = {pre_layers}): "
             "it is a CLM file, and a second pre-layer is not supported"
         )
+    return arch
+
+
+def check_defaults(alpha_default: float, mix_default: str) -> None:
+    if not math.isfinite(alpha_default):
+        raise ClmError(f"--alpha-default must be a finite number (got {alpha_default})")
+    if mix_default not in MIX_MODES:
+        raise ClmError(f"--mix-default must be one of {', '.join(MIX_MODES)} (got {mix_default!r})")
 
 
 def clm_entries(
@@ -64,10 +81,7 @@ def clm_entries(
     """
     if pre_layers < 1:
         raise ClmError(f"--pre-layers must be at least 1 (got {pre_layers})")
-    if not math.isfinite(alpha_default):
-        raise ClmError(f"--alpha-default must be a finite number (got {alpha_default})")
-    if mix_default not in MIX_MODES:
-        raise ClmError(f"--mix-default must be one of {', '.join(MIX_MODES)} (got {mix_default!r})")
+    check_defaults(alpha_default, mix_default)
     entries = [
         MetadataEntry(KEY_VERSION, CLM_VERSION, GGUFValueType.UINT32),
         MetadataEntry(KEY_PRE_LAYER_COUNT, pre_layers, GGUFValueType.UINT32),

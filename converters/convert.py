@@ -13,11 +13,12 @@ from enum import Enum
 from pathlib import Path
 
 from clm_local.errors import ClmError
-from clm_local.gguf_keys import MIX_MODES
 
+from . import checkpoint_manifest
 from .add_keys import add_clm_keys
+from .clm_metadata import check_defaults
 from .graft import graft, is_training_checkpoint
-from .hf_tensors import OUTTYPES
+from .hf_tensors import check_outtype
 from .hf_to_gguf import convert_hf_folder, is_hf_folder
 
 
@@ -61,6 +62,11 @@ def convert(source: Path, out: Path, options: ConvertOptions) -> SourceKind:
     """Write the CLM GGUF `out` from `source`; returns which kind of source it was."""
     kind = source_kind(source)
     _check_options(kind, options)
+    input_file = source if kind is SourceKind.GGUF else options.base
+    if kind is SourceKind.CHECKPOINT and input_file is None:
+        input_file = checkpoint_manifest.read(source).base_gguf()
+    if input_file is not None and input_file.resolve() == out.resolve():
+        raise ClmError(f"{out} is an input of the conversion; write the CLM file somewhere else")
     if options.quantize is not None:
         from .quantize import convert_then_quantize
 
@@ -74,10 +80,8 @@ def convert(source: Path, out: Path, options: ConvertOptions) -> SourceKind:
 
 def _check_options(kind: SourceKind, options: ConvertOptions) -> None:
     """Refuse bad or meaningless options before any slow work (hashing, reading weights)."""
-    if options.outtype not in OUTTYPES:
-        raise ClmError(f"--outtype must be one of {', '.join(OUTTYPES)} (got {options.outtype!r})")
-    if options.mix_default not in MIX_MODES:
-        raise ClmError(f"--mix-default must be one of {', '.join(MIX_MODES)} (got {options.mix_default!r})")
+    check_outtype(options.outtype)
+    check_defaults(options.alpha_default, options.mix_default)
     if kind is not SourceKind.CHECKPOINT and (options.base is not None or options.force_base):
         raise ClmError("--base and --force-base apply to training checkpoints only")
     if kind is SourceKind.CHECKPOINT and options.pre_layers != 1:

@@ -21,8 +21,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +80,7 @@ class OutputTensor:
         return self.data() if callable(self.data) else self.data
 
 
-# --- reading ----------------------------------------------------------------------------------
+# --- from source files to entries -----------------------------------------------------------
 
 
 def require_value(reader: gguf.GGUFReader, key: str, path: Path) -> Any:
@@ -87,15 +89,6 @@ def require_value(reader: gguf.GGUFReader, key: str, path: Path) -> Any:
     if value is None:
         raise ClmError(f"{path} has no {key} key")
     return value
-
-
-def architecture(reader: gguf.GGUFReader, path: Path) -> str:
-    return str(require_value(reader, _ARCHITECTURE_KEY, path))
-
-
-def raw_field_bytes(field: gguf.ReaderField) -> bytes:
-    """The exact bytes of a key/value pair as stored in the file (key, type and value)."""
-    return b"".join(part.tobytes() for part in field.parts)
 
 
 def copy_metadata(reader: gguf.GGUFReader, replace: dict[str, MetadataEntry]) -> list[MetadataEntry]:
@@ -186,30 +179,34 @@ def write_gguf(
     """
     with atomic_output(out, force=force) as temp_path:
         writer = gguf.GGUFWriter(temp_path, arch)
-        for entry in metadata:
-            if entry.key == _ARCHITECTURE_KEY:
-                raise ValueError("general.architecture is written from `arch`")
-            if entry.key == _ALIGNMENT_KEY:
-                writer.data_alignment = int(entry.value)
-            writer.add_key_value(entry.key, entry.value, entry.type, entry.sub_type)
+        try:
+            _write(writer, metadata, tensors, out.name)
+        finally:
+            writer.close()
+
+
+def _write(
+    writer: gguf.GGUFWriter, metadata: Sequence[MetadataEntry], tensors: Sequence[OutputTensor], label: str
+) -> None:
+    for entry in metadata:
+        if entry.key == _ARCHITECTURE_KEY:
+            raise ValueError("general.architecture is written from `arch`")
+        if entry.key == _ALIGNMENT_KEY:
+            writer.data_alignment = int(entry.value)
+        writer.add_key_value(entry.key, entry.value, entry.type, entry.sub_type)
+    for tensor in tensors:
+        # GGUFWriter takes the numpy-order shape; with a non-uint8 dtype it keeps it as given.
+        numpy_shape = tuple(reversed(tensor.ne))
+        writer.add_tensor_info(
+            tensor.name, numpy_shape, np.dtype(np.float32), tensor.nbytes, raw_dtype=tensor.ggml_type
+        )
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    with progress_bar(sum(tensor.nbytes for tensor in tensors), f"writing {label}") as bar:
         for tensor in tensors:
-            # GGUFWriter takes the numpy-order shape; with a non-uint8 dtype it keeps it as given.
-            numpy_shape = tuple(reversed(tensor.ne))
-            writer.add_tensor_info(
-                tensor.name, numpy_shape, np.dtype(np.float32), tensor.nbytes, raw_dtype=tensor.ggml_type
-            )
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        total = sum(tensor.nbytes for tensor in tensors)
-        with progress_bar(total, f"writing {out.name}") as bar:
-            for tensor in tensors:
-                data = tensor.materialize()
-                if data.nbytes != tensor.nbytes:
-                    raise ClmError(f"tensor {tensor.name}: {data.nbytes} bytes for {tensor.nbytes} expected")
-                writer.write_tensor_data(data)
-                bar.update(tensor.nbytes)
-        writer.close()
+            writer.write_tensor_data(tensor.materialize())  # checks the size against the tensor info
+            bar.update(tensor.nbytes)
 
 
 @contextlib.contextmanager
@@ -229,7 +226,8 @@ def atomic_output(out: Path, *, force: bool) -> Iterator[Path]:
     os.close(descriptor)
     temp_path = Path(name)
     try:
-        yield temp_path
+        with _sigterm_as_interrupt():
+            yield temp_path
         with open(temp_path, "rb+") as stream:
             os.fsync(stream.fileno())
         temp_path.chmod(0o666 & ~_current_umask())  # mkstemp creates 0600; give the usual mode
@@ -237,6 +235,23 @@ def atomic_output(out: Path, *, force: bool) -> Iterator[Path]:
     except BaseException:
         temp_path.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Let `kill` (SIGTERM) unwind like Ctrl-C, so a multi-GB temporary file is not left behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _current_umask() -> int:

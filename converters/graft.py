@@ -22,11 +22,10 @@ from clm_local.gguf_file import field_value, open_gguf
 
 from . import checkpoint_manifest
 from .checkpoint_manifest import MANIFEST_FILE, PRE_LAYER_FILE
-from .clm_metadata import check_architecture, clm_entries, refuse_pre_layer
+from .clm_metadata import check_gguf_source, clm_entries
 from .gguf_io import (
     MetadataEntry,
     OutputTensor,
-    architecture,
     copy_metadata,
     copy_tensor,
     file_sha256,
@@ -58,12 +57,8 @@ def graft(
     """Write `out`: the base GGUF with the checkpoint's P inserted as block 0."""
     manifest = checkpoint_manifest.read(checkpoint)
     base = base or manifest.base_gguf()
-    if base.resolve() == out.resolve():
-        raise ClmError(f"{out} is the base model itself; write the CLM file somewhere else")
     reader = open_gguf(base)
-    arch = architecture(reader, base)
-    check_architecture(arch, base)
-    refuse_pre_layer(reader, base)
+    arch = check_gguf_source(reader, base)
     block_count = _block_count_entry(reader, arch, base)
     base_sha256 = file_sha256(base)
     manifest.check_base(base, arch, block_count.value - 1, base_sha256, force=force_base)

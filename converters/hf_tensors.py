@@ -80,14 +80,18 @@ def reorder_for_llama_cpp(arch: str, gguf_name: str, weights: np.ndarray, heads:
     return weights
 
 
+def check_outtype(outtype: str) -> None:
+    if outtype not in OUTTYPES:
+        raise ClmError(f"--outtype must be one of {', '.join(OUTTYPES)} (got {outtype!r})")
+
+
 def stored_type(outtype: str, gguf_name: str, ne: tuple[int, ...], source_dtype: str) -> GGMLQuantizationType:
     """The GGUF type a tensor is written in, following llama.cpp's converter.
 
     Norms and other 1-D tensors stay F32. A Q8_0 request falls back to F16 for a tensor whose rows
     are not a whole number of 32-value blocks (the converter does the same on QuantError).
     """
-    if outtype not in OUTTYPES:
-        raise ClmError(f"--outtype must be one of {', '.join(OUTTYPES)} (got {outtype!r})")
+    check_outtype(outtype)
     if len(ne) <= 1 or gguf_name.endswith("_norm.weight"):
         return GGMLQuantizationType.F32
     if outtype == "auto":

@@ -109,20 +109,23 @@ def read_config(folder: Path) -> HfConfig:
     rope = dict(raw.get("rope_parameters") or raw.get("rope_scaling") or {})
     rope.setdefault("rope_theta", raw.get("rope_theta"))
     rope.setdefault("rope_type", rope.get("type", "default"))
-    return HfConfig(
-        arch=arch,
-        n_blocks=int(need("num_hidden_layers")),
-        n_ctx=int(need("max_position_embeddings")),
-        n_embd=int(need("hidden_size")),
-        n_ff=int(need("intermediate_size")),
-        n_head=int(need("num_attention_heads")),
-        n_head_kv=int(raw.get("num_key_value_heads") or need("num_attention_heads")),
-        head_dim=raw.get("head_dim"),
-        rms_eps=float(need("rms_norm_eps")),
-        n_vocab=int(need("vocab_size")),
-        tied_embeddings=bool(raw.get("tie_word_embeddings", False)),
-        rope=rope,
-    )
+    try:
+        return HfConfig(
+            arch=arch,
+            n_blocks=int(need("num_hidden_layers")),
+            n_ctx=int(need("max_position_embeddings")),
+            n_embd=int(need("hidden_size")),
+            n_ff=int(need("intermediate_size")),
+            n_head=int(need("num_attention_heads")),
+            n_head_kv=int(raw.get("num_key_value_heads") or need("num_attention_heads")),
+            head_dim=None if raw.get("head_dim") is None else int(raw["head_dim"]),
+            rms_eps=float(need("rms_norm_eps")),
+            n_vocab=int(need("vocab_size")),
+            tied_embeddings=bool(raw.get("tie_word_embeddings", False)),
+            rope=rope,
+        )
+    except (TypeError, ValueError) as error:
+        raise ClmError(f"{path} holds a value of the wrong type ({error})") from None
 
 
 def _tensors(folder: Path, config: HfConfig, outtype: str) -> list[OutputTensor]:
@@ -180,9 +183,8 @@ def _check_complete(folder: Path, config: HfConfig, names: set[str]) -> None:
 def _rope_factors(config: HfConfig) -> OutputTensor:
     """llama3 rope scaling as llama.cpp stores it: per-frequency factors (generate_extra_tensors)."""
     rope = config.rope
-    freqs = 1.0 / (
-        float(rope["rope_theta"]) ** (np.arange(0, config.rope_dim, 2, dtype=np.float32) / config.rope_dim)
-    )
+    theta = float(rope["rope_theta"] or 10000.0)  # transformers' default when config.json is silent
+    freqs = 1.0 / (theta ** (np.arange(0, config.rope_dim, 2, dtype=np.float32) / config.rope_dim))
     factor = rope.get("factor", 8.0)
     low_freq_factor = rope.get("low_freq_factor", 1.0)
     high_freq_factor = rope.get("high_freq_factor", 4.0)
@@ -233,17 +235,22 @@ def _add_hparams(writer: gguf.GGUFWriter, config: HfConfig, tensors: list[Output
 
 
 def _add_rope(writer: gguf.GGUFWriter, config: HfConfig) -> None:
+    """Rope base and scaling; the scaling types llama and qwen2 checkpoints use (yarn: its two
+    essential parameters, which is all Qwen2.5's long-context configs set)."""
     rope = config.rope
     rope_type = rope["rope_type"]
-    if rope_type == "linear":
-        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        writer.add_rope_scaling_factor(rope["factor"])
-    elif rope_type == "yarn":
-        writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
-        writer.add_rope_scaling_factor(rope["factor"])
-        writer.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
-    elif rope_type not in ("default", "llama3"):  # llama3 is stored as the rope_freqs tensor
-        raise ClmError(f"rope scaling '{rope_type}' is not supported")
+    try:
+        if rope_type == "linear":
+            writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            writer.add_rope_scaling_factor(rope["factor"])
+        elif rope_type == "yarn":
+            writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+            writer.add_rope_scaling_factor(rope["factor"])
+            writer.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
+        elif rope_type not in ("default", "llama3"):  # llama3 is stored as the rope_freqs tensor
+            raise ClmError(f"rope scaling '{rope_type}' is not supported")
+    except KeyError as missing:
+        raise ClmError(f"rope scaling '{rope_type}' in config.json lacks {missing}") from None
     if rope["rope_theta"] is not None:
         writer.add_rope_freq_base(rope["rope_theta"])
 

@@ -31,11 +31,9 @@ DEFAULT_PRE_TOKENIZER = "default"
 def add_tokenizer(writer: gguf.GGUFWriter, folder: Path, arch: str, n_vocab: int) -> None:
     """Add the folder's tokenizer to `writer` (tokens, types, pre-tokenizer, merges, specials)."""
     tokenizer = _load(folder)
-    if (
-        arch == "llama"
-        and (add_prefix_space := _tokenizer_config(folder).get("add_prefix_space")) is not None
-    ):
-        writer.add_add_space_prefix(add_prefix_space)  # as llama.cpp's LlamaModel.set_vocab does
+    add_prefix_space = _tokenizer_config(folder).get("add_prefix_space")
+    if arch == "llama" and add_prefix_space is not None:  # as llama.cpp's LlamaModel.set_vocab does
+        writer.add_add_space_prefix(add_prefix_space)
     tokens, token_types = _vocabulary(tokenizer, n_vocab)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(_pre_tokenizer(tokenizer, folder))

@@ -7,6 +7,7 @@ from pathlib import Path
 import gguf
 import pytest
 from clm_local.converters.convert import ConvertOptions, convert
+from clm_local.converters.gguf_io import MetadataEntry, copy_metadata, copy_tensor, write_gguf
 from test_convert_fixtures import raw_fields, value
 from tiny_gguf import make_tiny_model
 
@@ -56,7 +57,7 @@ def test_refuses_bad_sources(tmp_path: Path) -> None:
     with pytest.raises(ClmError, match="already has a pre-layer"):
         convert(model.write(tmp_path / "clm-already.gguf", "clm"), out, ConvertOptions())
     source = model.write(tmp_path / "expanded.gguf", "plain_expanded")
-    with pytest.raises(ClmError, match="is the input file"):
+    with pytest.raises(ClmError, match="is an input of the conversion"):
         convert(source, source, ConvertOptions(force=True))
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(ClmError, match="is not a GGUF file"):
@@ -66,3 +67,18 @@ def test_refuses_bad_sources(tmp_path: Path) -> None:
     with pytest.raises(ClmError, match="neither a training checkpoint"):
         convert(tmp_path, out, ConvertOptions())
     assert not out.exists()
+
+
+def test_refuses_one_part_of_a_split_gguf(tmp_path: Path) -> None:
+    reader = gguf.GGUFReader(make_tiny_model("llama").write(tmp_path / "expanded.gguf", "plain_expanded"))
+    split = [MetadataEntry("split.count", 2, gguf.GGUFValueType.UINT16)]
+    part = tmp_path / "model-00001-of-00002.gguf"
+    write_gguf(
+        part,
+        "llama",
+        copy_metadata(reader, {}) + split,
+        [copy_tensor(t) for t in reader.tensors],
+        force=False,
+    )
+    with pytest.raises(ClmError, match="one part of a split GGUF"):
+        convert(part, tmp_path / "clm.gguf", ConvertOptions())

@@ -27,8 +27,8 @@ def test_convert_prints_a_summary_and_info_describes_the_file(tmp_path: Path) ->
     assert "converted the training checkpoint" in done.stdout
     assert "blocks        3 = 1 pre-layer + 2 base blocks" in done.stdout
     assert "defaults      alpha 0.8, mix logits" in done.stdout
-    assert "training      compute_dtype = fp32, objective = dpo, data.path = prefs.jsonl" in done.stdout
-    assert "beta = 0.1" in done.stdout and "step = 12" in done.stdout
+    assert "training      objective = dpo, beta = 0.1, lr = 0.0001, epochs = 1, max_steps = 12" in done.stdout
+    assert "step = 12" in done.stdout and "data.path = prefs.jsonl" in done.stdout
 
     described = clm_local("info", out, "--json")
     assert described.returncode == 0, described.stderr

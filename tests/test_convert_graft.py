@@ -265,7 +265,8 @@ def test_existing_output_needs_force_and_is_never_half_written(tmp_path: Path, m
     out = tmp_path / "clm.gguf"
     out.write_bytes(b"precious")
     _refused(checkpoint, out, "already exists.*--force")
-    _refused(checkpoint, base, "is the base model itself", force=True)
+    _refused(checkpoint, base, "is an input of the conversion", force=True)
+    _refused(checkpoint, base, "is an input of the conversion", force=True, quantize="Q8_0")
 
     # A failure in the middle of writing tensor data (here Ctrl-C) leaves the old file intact.
     from clm_local.converters import hf_tensors

@@ -192,3 +192,34 @@ def test_converted_tokenizer_encodes_like_hugging_face(tmp_path: Path, load) -> 
     for text in texts:
         expected = hf_tokenizer.encode(text)
         assert vocab.tokenize(text.encode(), add_bos=True, special=True) == expected, text
+
+
+def test_quantize_goes_through_llama_cpp_and_keeps_the_clm_keys(tmp_path: Path, load) -> None:
+    folder = tiny_hf.make_tiny_model(tmp_path / "m", "llama")
+    convert(folder, tmp_path / "f32.gguf", ConvertOptions())
+    convert(folder, tmp_path / "q8.gguf", ConvertOptions(quantize="q8_0", alpha_default=0.7))
+
+    reader = gguf.GGUFReader(tmp_path / "q8.gguf")
+    assert reader.get_field("clm.pre_layer_count").contents() == 1
+    assert reader.get_field("clm.alpha_default").contents() == pytest.approx(0.7)
+    assert reader.get_field("general.file_type").contents() == gguf.LlamaFileType.MOSTLY_Q8_0
+    assert {t.tensor_type for t in reader.tensors if len(t.shape) == 2} == {gguf.GGMLQuantizationType.Q8_0}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f32.gguf", "m", "q8.gguf"]  # no temp files left
+
+    exact, quantized = load(tmp_path / "f32.gguf"), load(tmp_path / "q8.gguf")
+    for mode in MODES:
+        expected = exact.logits(TOKENS, alpha=0.5, mode=mode)
+        assert np.abs(quantized.logits(TOKENS, alpha=0.5, mode=mode) - expected).max() < 0.02
+
+
+def test_quantize_refusals(tmp_path: Path, load) -> None:
+    folder = tiny_hf.make_tiny_model(tmp_path / "m", "llama")
+    with pytest.raises(ClmError, match="unknown quantization type 'Q3_X'; llama.cpp offers .*Q4_K_M"):
+        convert(folder, tmp_path / "out.gguf", ConvertOptions(quantize="Q3_X"))
+
+    model = make_tiny_model("llama", n_base_blocks=2)
+    base = quantize_file(model.write(tmp_path / "base.gguf", "base"), tmp_path / "base-q8.gguf")
+    checkpoint = write_checkpoint(tmp_path / "ckpt", tiny_pre_layer(model), base)
+    with pytest.raises(ClmError, match="requantizing from type q8_0 is disabled"):
+        convert(checkpoint, tmp_path / "out.gguf", ConvertOptions(quantize="Q4_0"))
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith((".out", "out"))]
