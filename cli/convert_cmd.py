@@ -37,7 +37,10 @@ def convert(
         ),
     ] = None,
     force_base: Annotated[
-        bool, typer.Option(help="Checkpoints: graft even if the base is not the file P was trained on.")
+        bool,
+        typer.Option(
+            "--force-base", help="Checkpoints: graft even if the base is not the file P was trained on."
+        ),
     ] = False,
     outtype: Annotated[
         str,
@@ -55,7 +58,7 @@ def convert(
     pre_layers: Annotated[
         int, typer.Option(help="Folders and GGUF sources: how many leading blocks are pre-layers.")
     ] = 1,
-    force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Write one GGUF with the pre-layer that the patched runtime and a stock llama.cpp both load."""
     from clm_local.converters.convert import ConvertOptions

@@ -71,7 +71,10 @@ def convert(source: Path, out: Path, options: ConvertOptions) -> SourceKind:
         from .quantize import convert_then_quantize
 
         convert_then_quantize(
-            lambda temp_out: _run(kind, source, temp_out, options, force=True), out, options
+            lambda temp_out: _run(kind, source, temp_out, options, force=True),
+            out,
+            options.quantize,
+            force=options.force,
         )
     else:
         _run(kind, source, out, options, force=options.force)

@@ -15,25 +15,21 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from clm_local.errors import ClmError
 
 from .gguf_io import atomic_output
 
-if TYPE_CHECKING:
-    from .convert import ConvertOptions
-
 _FTYPE_PREFIXES = ("LLAMA_FTYPE_MOSTLY_", "LLAMA_FTYPE_ALL_")
 
 
-def convert_then_quantize(write: Callable[[Path], None], out: Path, options: ConvertOptions) -> None:
+def convert_then_quantize(write: Callable[[Path], None], out: Path, qtype: str, *, force: bool) -> None:
     """Call `write(path)` to make the unquantized file, quantize it into `out`, drop the former."""
     from clm_local.runtime import library
 
     bindings = library.llama()
-    ftype = _ftype(bindings, options.quantize or "")
-    with atomic_output(out, force=options.force) as quantized, _temporary_gguf(out) as unquantized:
+    ftype = _ftype(bindings, qtype)
+    with atomic_output(out, force=force) as quantized, _temporary_gguf(out) as unquantized:
         write(unquantized)
         params = bindings.llama_model_quantize_default_params()
         params.ftype = ftype
@@ -42,7 +38,7 @@ def convert_then_quantize(write: Callable[[Path], None], out: Path, options: Con
             str(unquantized).encode(), str(quantized).encode(), ctypes.byref(params)
         )
         if status != 0:
-            raise ClmError(f"llama.cpp could not quantize to {options.quantize}: {library.last_log_error()}")
+            raise ClmError(f"llama.cpp could not quantize to {qtype}: {library.last_log_error()}")
 
 
 def _ftype(bindings: object, name: str) -> int:
