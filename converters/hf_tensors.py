@@ -34,12 +34,13 @@ _FIXED_TYPES = {
     "bf16": GGMLQuantizationType.BF16,
     "q8_0": GGMLQuantizationType.Q8_0,
 }
-_SOURCE_TYPES = {
-    "F64": GGMLQuantizationType.F32,
+# safetensors types whose bytes are also the GGUF encoding of a type (both little-endian).
+_SAME_ENCODING = {
     "F32": GGMLQuantizationType.F32,
     "F16": GGMLQuantizationType.F16,
     "BF16": GGMLQuantizationType.BF16,
 }
+_SOURCE_TYPES = _SAME_ENCODING | {"F64": GGMLQuantizationType.F32}
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,10 @@ def to_gguf_tensor(
     qtype = stored_type(outtype, name, ne, tensor.dtype)
 
     def encode() -> np.ndarray:
+        if _SAME_ENCODING.get(tensor.dtype) == qtype:
+            # The stored bits are already the GGUF encoding: no float32 copy of a multi-GB
+            # embedding, and the row reordering works on raw storage as on floats.
+            return np.ascontiguousarray(reorder_for_llama_cpp(arch, name, tensor.storage, heads))
         weights = reorder_for_llama_cpp(arch, name, tensor.to_float32(), heads)
         return gguf.quants.quantize(weights, qtype)
 

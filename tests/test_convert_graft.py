@@ -268,15 +268,20 @@ def test_existing_output_needs_force_and_is_never_half_written(tmp_path: Path, m
     _refused(checkpoint, base, "is an input of the conversion", force=True)
     _refused(checkpoint, base, "is an input of the conversion", force=True, quantize="Q8_0")
 
-    # A failure in the middle of writing tensor data (here Ctrl-C) leaves the old file intact.
-    from clm_local.converters import hf_tensors
+    # Ctrl-C in the middle of writing tensor data leaves the old file intact and no temp file.
+    write_tensor_data = gguf.GGUFWriter.write_tensor_data
+    calls = []
 
-    def interrupted(*args: object) -> None:
-        raise KeyboardInterrupt
+    def interrupted_after_three(writer: gguf.GGUFWriter, tensor: np.ndarray) -> None:
+        calls.append(tensor.nbytes)
+        if len(calls) > 3:
+            raise KeyboardInterrupt
+        write_tensor_data(writer, tensor)
 
-    monkeypatch.setattr(hf_tensors.gguf.quants, "quantize", interrupted)
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensor_data", interrupted_after_three)
     with pytest.raises(KeyboardInterrupt):
         _graft(checkpoint, out, force=True)
+    assert len(calls) == 4
     assert out.read_bytes() == b"precious"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base.gguf", "ckpt", "clm.gguf"]
 

@@ -106,8 +106,12 @@ def test_bf16_folder_stays_bf16_and_exact(tmp_path: Path) -> None:
     types = {t.name: t.tensor_type for t in reader.tensors}
     assert types["blk.1.ffn_up.weight"] == gguf.GGMLQuantizationType.BF16
     assert types["blk.1.ffn_norm.weight"] == F32
-    expected = model.state_dict()["model.layers.1.mlp.up_proj.weight"].float().numpy()
-    np.testing.assert_array_equal(_tensor(reader, "blk.1.ffn_up.weight"), expected)
+    state = {k: v.float().numpy() for k, v in model.state_dict().items()}
+    np.testing.assert_array_equal(
+        _tensor(reader, "blk.1.ffn_up.weight"), state["model.layers.1.mlp.up_proj.weight"]
+    )
+    q = llama_permute(state["model.layers.0.self_attn.q_proj.weight"], model.config.num_attention_heads)
+    np.testing.assert_array_equal(_tensor(reader, "blk.0.attn_q.weight"), q)  # reordered as raw bf16 bits
     assert value(reader, "general.file_type") == gguf.LlamaFileType.MOSTLY_BF16
 
 
