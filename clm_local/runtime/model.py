@@ -11,10 +11,11 @@ A GGUF without `clm.*` keys loads as a plain model: alpha has no effect (one war
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,8 +160,8 @@ class ClmModel:
         self.n_batch = context_params.n_batch
         self._batch = self._llama.llama_batch_init(self.n_batch, 0, 1)
         self._memory = self._llama.llama_get_memory(self._context)
-        vocab = self._llama.llama_model_get_vocab(self._model)
-        self.n_vocab = int(self._llama.llama_vocab_n_tokens(vocab))
+        self._vocab = self._llama.llama_model_get_vocab(self._model)
+        self.n_vocab = int(self._llama.llama_vocab_n_tokens(self._vocab))
 
     # -- the public API ------------------------------------------------------------------------
 
@@ -186,6 +187,21 @@ class ClmModel:
         self.set_alpha(REFERENCE_SEQ, 0.0)
         out = self.decode({ALIGNED_SEQ: tokens, REFERENCE_SEQ: tokens}, all_logits=True)
         return mix_logits(out[ALIGNED_SEQ], out[REFERENCE_SEQ], alpha)
+
+    def chat(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        alpha: float | None = None,
+        mode: str | None = None,
+        stream: bool = True,
+        max_tokens: int = 512,
+        **sampling: float | int,
+    ) -> Iterator[str] | str:
+        """Answer the last user message with the model's chat template. See clm_local.chat.chat."""
+        from clm_local.chat import chat  # clm_local.chat builds on this module
+
+        return chat(self, messages, alpha=alpha, mode=mode, stream=stream, max_tokens=max_tokens, **sampling)
 
     # -- building blocks for chat and benchmarks --------------------------------------------------
 
@@ -278,6 +294,54 @@ class ClmModel:
                 stacklevel=3,
             )
             self._warned_plain = True
+
+    # -- text: tokenizer, special tokens, chat template --------------------------------------------
+
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = False) -> list[int]:
+        """Token ids of `text`.
+
+        add_special adds BOS/EOS where the vocabulary asks for them (leave it off for text rendered
+        by the model's own chat template: the template writes them). parse_special reads markers
+        such as `<|im_start|>` as their special tokens instead of as plain text.
+        """
+        data = text.encode("utf-8")
+        capacity = len(data) + 2  # a token is at least one byte, plus room for BOS and EOS
+        for _ in range(2):  # a negative count is the capacity actually needed
+            buffer = (self._llama.llama_token * capacity)()
+            count = self._llama.llama_tokenize(
+                self._vocab, data, len(data), buffer, capacity, add_special, parse_special
+            )
+            if count >= 0:
+                return buffer[:count]
+            capacity = -count
+        raise ClmError(f"llama.cpp could not tokenize a text of {len(data)} bytes")
+
+    def token_to_piece(self, token: int, *, special: bool = False) -> bytes:
+        """The bytes of one token. A piece can end inside a UTF-8 character: decode a stream of
+        pieces incrementally, not piece by piece. special renders control tokens such as EOS."""
+        buffer = ctypes.create_string_buffer(64)
+        count = self._llama.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, special)
+        if count < 0:
+            buffer = ctypes.create_string_buffer(-count)
+            count = self._llama.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, special)
+        return buffer.raw[:count]
+
+    def special_token(self, which: str) -> str:
+        """The text of the "bos" or "eos" token ("" when the vocabulary has none), for templates."""
+        lookup = {"bos": self._llama.llama_vocab_bos, "eos": self._llama.llama_vocab_eos}[which]
+        token = int(lookup(self._vocab))
+        if token == self._llama.LLAMA_TOKEN_NULL:
+            return ""
+        return self.token_to_piece(token, special=True).decode("utf-8", errors="replace")
+
+    def is_end_of_generation(self, token: int) -> bool:
+        """Whether the token ends an answer (EOS, end-of-turn, ...), as the vocabulary declares."""
+        return bool(self._llama.llama_vocab_is_eog(self._vocab, token))
+
+    def chat_template(self) -> str | None:
+        """The Jinja chat template stored in the GGUF (`tokenizer.chat_template`), if any."""
+        template = self._llama.llama_model_chat_template(self._model, None)
+        return template.decode("utf-8") if template else None
 
     # -- lifetime -------------------------------------------------------------------------------
 

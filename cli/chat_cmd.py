@@ -1,0 +1,188 @@
+"""`clm-local chat` and `clm-local demo`: talk to a CLM model with an alpha dial.
+
+The work lives in clm_local.chat; this module maps options to a loaded model and a ChatSession,
+and picks interactive or one-shot use. Answers go to stdout, everything else to stderr, so
+`echo question | clm-local chat > answer.txt` works.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from clm_local.runtime.model import ClmModel
+
+ModelOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="A CLM (or plain) GGUF; default: the embedded default model.",
+        show_default=False,
+    ),
+]
+ThreadsOption = Annotated[
+    int | None, typer.Option("--threads", help="CPU threads (default: all cores).", show_default=False)
+]
+CtxOption = Annotated[int, typer.Option("--ctx", help="Context of the conversation, in tokens.")]
+GpuLayersOption = Annotated[
+    int, typer.Option("--n-gpu-layers", help="Layers to offload to the GPU (GPU builds; 99: all).")
+]
+
+DEMO_PROMPT = "Give me one tip for staying focused while studying."
+
+
+def register(app: typer.Typer) -> None:
+    """Add `chat` and `demo` to the app."""
+    app.command()(chat)
+    app.command()(demo)
+
+
+def chat(
+    model: ModelOption = None,
+    alpha: Annotated[
+        float | None,
+        typer.Option(
+            help="0: base model, 1: aligned, >1: stronger (default: the file's).", show_default=False
+        ),
+    ] = None,
+    mode: Annotated[
+        str | None,
+        typer.Option(
+            help="logits (the paper's mix) or embed (one pass) (default: the file's).", show_default=False
+        ),
+    ] = None,
+    system: Annotated[str | None, typer.Option(help="System message.", show_default=False)] = None,
+    prompt: Annotated[
+        str | None,
+        typer.Option(
+            help="Answer this one message and exit (also: text on standard input).", show_default=False
+        ),
+    ] = None,
+    max_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 512,
+    temp: Annotated[float, typer.Option(help="Temperature; 0 is greedy.")] = 0.8,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling threshold (1: off).")] = 0.95,
+    top_k: Annotated[int, typer.Option(help="Keep the k most likely tokens (0: off).")] = 40,
+    min_p: Annotated[
+        float, typer.Option(help="Drop tokens below this share of the top one (0: off).")
+    ] = 0.05,
+    repeat_penalty: Annotated[float, typer.Option(help="Penalty on the last 64 tokens (1: off).")] = 1.0,
+    seed: Annotated[
+        int | None, typer.Option(help="Random seed (default: random).", show_default=False)
+    ] = None,
+    ctx: CtxOption = 4096,
+    threads: ThreadsOption = None,
+    n_gpu_layers: GpuLayersOption = 0,
+) -> None:
+    """Chat with a CLM model; change alpha and mode as you go (/help inside the chat)."""
+    from clm_local.chat import ChatSession, SamplingParams
+    from clm_local.chat.repl import run_repl
+    from clm_local.chat.sampling import RANDOM_SEED
+    from clm_local.errors import ClmError
+    from clm_local.runtime.model import check_alpha, check_mode
+
+    # Refuse bad settings before the model is loaded.
+    sampling = SamplingParams(
+        temp=temp,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        repeat_penalty=repeat_penalty,
+        seed=RANDOM_SEED if seed is None else seed,
+    )
+    alpha = None if alpha is None else check_alpha(alpha)
+    mode = None if mode is None else check_mode(mode)
+    text = prompt
+    if text is None and not sys.stdin.isatty():
+        text = sys.stdin.read()  # piped in: answer it, like --prompt
+    if text is not None and not text.strip():
+        raise ClmError("the prompt is empty")
+    with _warnings_on_stderr():
+        loaded = _load(model, ctx=ctx, threads=threads, n_gpu_layers=n_gpu_layers)
+        messages = [] if system is None else [{"role": "system", "content": system}]
+        session = ChatSession(
+            loaded,
+            alpha=alpha,
+            mode=mode,
+            messages=messages,
+            sampling=sampling,
+            max_tokens=max_tokens,
+            notify=_note,
+        )
+        if text is not None:
+            for piece in session.ask(text.strip()):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+            return
+        info = loaded.info
+        kind = (
+            f"CLM, default alpha {info.alpha_default:g} in {info.mix_default} mode"
+            if info.is_clm
+            else "plain"
+        )
+        _note(f"{info.name or Path(info.path).name} ({kind}); /help lists the commands")
+        run_repl(session)
+
+
+def demo(
+    model: ModelOption = None,
+    prompt: Annotated[str, typer.Option(help="The question asked at every alpha.")] = DEMO_PROMPT,
+    max_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 60,
+    threads: ThreadsOption = None,
+) -> None:
+    """The alpha dial in one minute: one question, greedy answers at three alphas."""
+    from clm_local.chat import ChatSession, SamplingParams
+
+    with _warnings_on_stderr():
+        loaded = _load(model, ctx=1024, threads=threads, n_gpu_layers=0)
+        session = ChatSession(
+            loaded, sampling=SamplingParams(temp=0.0), max_tokens=max_tokens, notify=lambda _: None
+        )
+        default = loaded.info.alpha_default if loaded.info.alpha_default > 0 else 1.0
+        _note(
+            f"{prompt!r}, greedy: alpha 0 is the base model, {default:g} the file's default, "
+            f"{2 * default:g} pushes further"
+        )
+        for alpha in (0.0, default, 2 * default):
+            session.reset()
+            session.set_alpha(alpha)
+            print(f"alpha={alpha:g} ({session.mode}): ", end="", flush=True)
+            for piece in session.ask(prompt):
+                print(piece.replace("\n", " "), end="", flush=True)
+            print()
+
+
+def _load(path: Path | None, *, ctx: int, threads: int | None, n_gpu_layers: int) -> ClmModel:
+    """Load the named GGUF, or the embedded default model (saying when its P is untrained)."""
+    import clm_local
+    from clm_local import default_model
+
+    if path is None:
+        path = default_model.default_model_path()
+        if default_model.is_identity_default():
+            _note("the default model's pre-layer is not trained yet: every alpha gives the base model")
+    return clm_local.load(path, n_ctx=ctx, n_threads=threads, n_gpu_layers=n_gpu_layers)
+
+
+def _note(message: str) -> None:
+    print(f"note: {message}", file=sys.stderr)
+
+
+@contextmanager
+def _warnings_on_stderr() -> Iterator[None]:
+    """Python warnings as one `warning: ...` line each, without file names and line numbers."""
+
+    def show(message: Warning | str, *args: object, **kwargs: object) -> None:
+        print(f"warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield

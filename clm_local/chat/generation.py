@@ -1,0 +1,145 @@
+"""Token-level generation with alpha: the one code path that chat, demo and the benchmark share.
+
+A `Decoder` keeps a ClmModel's KV cache in step with the list of tokens it holds, so a new prompt
+only costs the tokens after the longest prefix it shares with the cache (a chat re-renders the
+whole conversation every turn, but only the new turn is decoded).
+
+What the cache holds depends on how alpha is applied (CLM.md, "KV-cache consequence"):
+- logits mode: the aligned sequence (coefficient 1) and the reference sequence (coefficient 0)
+  hold the same tokens; alpha only mixes their logits, so a new alpha costs nothing;
+- embed mode: one sequence whose every key and value was computed at alpha: a new alpha means
+  computing the context again;
+- a plain (non-CLM) model: one sequence, alpha has no effect.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from clm_local.chat.sampling import Sampler, SamplingParams
+from clm_local.errors import ClmError
+from clm_local.runtime.model import ALIGNED_SEQ, REFERENCE_SEQ, ClmModel, check_alpha, check_mode
+
+
+class Decoder:
+    """Owns one model's KV cache for generation; use one Decoder per model at a time.
+
+    `cached` lists the tokens whose keys and values the cache holds, `coefficients` the pre-layer
+    coefficient of each sequence that computed them. The cache only ever changes through this
+    object (other users of the model, such as `model.logits`, reset it: make a new Decoder then).
+    """
+
+    def __init__(self, model: ClmModel) -> None:
+        self.model = model
+        self.cached: list[int] = []
+        self.coefficients: dict[int, float] = {}
+        self._warned_plain = False
+        model.reset()
+
+    @property
+    def n_ctx(self) -> int:
+        return self.model.n_ctx
+
+    def coefficients_for(self, alpha: float, mode: str) -> dict[int, float]:
+        """The pre-layer coefficient of each sequence that serves `alpha` in `mode`."""
+        if not self.model.info.is_clm:
+            return {ALIGNED_SEQ: 1.0}
+        if mode == "embed":
+            return {ALIGNED_SEQ: alpha}
+        return {ALIGNED_SEQ: 1.0, REFERENCE_SEQ: 0.0}
+
+    def needs_recompute(self, alpha: float, mode: str) -> bool:
+        """Whether serving `alpha` in `mode` would throw the cached context away."""
+        return bool(self.cached) and self.coefficients != self.coefficients_for(alpha, mode)
+
+    def prefill(self, tokens: Sequence[int], alpha: float, mode: str) -> np.ndarray:
+        """Bring the cache to `tokens` and return the logits (mixed by alpha) after the last one.
+
+        Only the tokens after the prefix shared with the cache are decoded; at least the last one
+        always is, since its logits are what the next token is drawn from.
+        """
+        tokens = self.model.check_tokens(tokens)
+        if len(tokens) > self.n_ctx:
+            raise ClmError(f"the prompt has {len(tokens)} tokens, the context only {self.n_ctx}")
+        wanted = self.coefficients_for(alpha, mode)
+        if wanted != self.coefficients:
+            self.model.reset()
+            self.cached = []
+            if self.model.info.is_clm:
+                for seq, coefficient in wanted.items():
+                    self.model.set_alpha(seq, coefficient)
+            self.coefficients = wanted
+        keep = min(_common_prefix(self.cached, tokens), len(tokens) - 1)
+        for seq in wanted:
+            self.model.forget_after(seq, keep)
+        del self.cached[keep:]
+        return self._decode(tokens[keep:], alpha)
+
+    def step(self, token: int, alpha: float) -> np.ndarray:
+        """Append one token to the cache and return the logits after it (mixed by alpha)."""
+        if len(self.cached) >= self.n_ctx:
+            raise ClmError(f"the context is full ({self.n_ctx} tokens)")
+        return self._decode([token], alpha)
+
+    def _decode(self, tokens: list[int], alpha: float) -> np.ndarray:
+        rows = self.model.decode({seq: tokens for seq in self.coefficients})
+        self.cached += tokens
+        if REFERENCE_SEQ in rows:
+            return alpha * rows[ALIGNED_SEQ][-1] + (1.0 - alpha) * rows[REFERENCE_SEQ][-1]
+        return rows[ALIGNED_SEQ][-1]
+
+    def generate(
+        self,
+        prompt_tokens: Sequence[int],
+        alpha: float | None = None,
+        mode: str | None = None,
+        sampling: SamplingParams | None = None,
+        max_tokens: int = 256,
+    ) -> Iterator[int]:
+        """Yield up to max_tokens new tokens after the prompt; stops before an end-of-generation
+        token and when the context is full. alpha and mode default to the file's clm.* keys.
+
+        A token is yielded before it is decoded, so a consumer that stops early leaves the cache
+        exactly at the tokens decoded so far (the prompt and all but the last yielded token).
+        """
+        info = self.model.info
+        alpha = check_alpha(info.alpha_default if alpha is None else alpha)
+        mode = check_mode(info.mix_default if mode is None else mode)
+        if not info.is_clm and not self._warned_plain:
+            warnings.warn(f"{info.path} has no CLM pre-layer: alpha has no effect", stacklevel=2)
+            self._warned_plain = True
+        if max_tokens < 1:
+            return
+        with Sampler(self.model.n_vocab, sampling or SamplingParams()) as sampler:
+            logits = self.prefill(prompt_tokens, alpha, mode)
+            for produced in range(1, max_tokens + 1):
+                token = sampler.sample(logits)
+                if self.model.is_end_of_generation(token):
+                    return
+                yield token
+                if produced == max_tokens or len(self.cached) >= self.n_ctx:
+                    return
+                logits = self.step(token, alpha)
+
+
+def generate(
+    model: ClmModel,
+    prompt_tokens: Sequence[int],
+    alpha: float | None = None,
+    mode: str | None = None,
+    sampling: SamplingParams | None = None,
+    max_tokens: int = 256,
+) -> Iterator[int]:
+    """Generate from an empty cache: `Decoder(model).generate(...)`. See Decoder.generate."""
+    return Decoder(model).generate(prompt_tokens, alpha, mode, sampling, max_tokens)
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
