@@ -222,7 +222,10 @@ def atomic_output(out: Path, *, force: bool) -> Iterator[Path]:
         raise ClmError(f"{out} already exists (use --force to replace it)")
     if not out.parent.is_dir():
         raise ClmError(f"folder {out.parent} does not exist")
-    descriptor, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial")
+    try:
+        descriptor, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial")
+    except OSError as error:
+        raise ClmError(f"cannot write in {out.parent}: {error.strerror or error}") from None
     os.close(descriptor)
     temp_path = Path(name)
     try:
@@ -232,6 +235,9 @@ def atomic_output(out: Path, *, force: bool) -> Iterator[Path]:
             os.fsync(stream.fileno())
         temp_path.chmod(0o666 & ~_current_umask())  # mkstemp creates 0600; give the usual mode
         os.replace(temp_path, out)
+    except OSError as error:  # a full disk, most likely
+        temp_path.unlink(missing_ok=True)
+        raise ClmError(f"writing {out} failed: {error.strerror or error}") from None
     except BaseException:
         temp_path.unlink(missing_ok=True)
         raise

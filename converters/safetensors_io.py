@@ -60,14 +60,13 @@ def read_safetensors(path: Path) -> dict[str, SafeTensor]:
     """All tensors of a .safetensors file, memory-mapped, after checking the file is whole."""
     if not path.is_file():
         raise ClmError(f"{path}: no such file")
-    file_size = path.stat().st_size
-    header, data_start = _read_header(path, file_size)
-    data_size = file_size - data_start
-    mapped = (
-        np.memmap(path, dtype=np.uint8, mode="r", offset=data_start, shape=(data_size,))
-        if data_size
-        else None
-    )
+    try:
+        file_size = path.stat().st_size
+        header, data_start = _read_header(path, file_size)
+        data_size = file_size - data_start
+        mapped = np.memmap(path, np.uint8, "r", offset=data_start, shape=(data_size,)) if data_size else None
+    except OSError as error:  # unreadable (permissions, I/O error)
+        raise ClmError(f"cannot read {path}: {error.strerror or error}") from None
     tensors = {}
     for name, info in header.items():
         if name == "__metadata__":

@@ -6,7 +6,9 @@ correct graft of its P onto its "base" variant must produce, tensor for tensor.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import time
 from pathlib import Path
 
@@ -351,3 +353,13 @@ def test_reads_what_the_trainer_writes(tmp_path: Path) -> None:
     expected = model.variant_tensors("clm")
     for tensor in reader.tensors:
         np.testing.assert_array_equal(np.asarray(tensor.data), expected[tensor.name], err_msg=tensor.name)
+
+
+def test_a_full_disk_is_one_error_line_and_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
+    _, _, checkpoint = _setup(tmp_path)
+
+    def disk_full(writer: gguf.GGUFWriter, tensor: np.ndarray) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensor_data", disk_full)
+    _refused(checkpoint, tmp_path / "out.gguf", "writing .*out.gguf failed: No space left on device")
