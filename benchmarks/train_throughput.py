@@ -5,7 +5,9 @@
 BASE defaults to the SmolLM2-135M-Instruct GGUF in ~/.cache/clm-local/models. Without `--data`, a
 synthetic preference set is generated (prompts of about `--prompt-words` words, responses of about
 `--response-words`), so the figure measures the training machinery, not the data. The throughput
-excludes the first step (warm-up) and the one-off reference pass, which is reported on its own.
+excludes the first step (warm-up) and the one-off reference pass, which is reported on its own
+(with the final checkpoint save, which is small). Peak memory is reported for loading and for
+training; on the CPU the second is the process peak so far, so it is at least the first.
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ def synthetic_pairs(path: Path, count: int, prompt_words: int, response_words: i
 
 
 def peak_memory_gib(device: torch.device) -> float:
-    """Peak accelerator memory allocated by torch, or the process's peak RSS on the CPU."""
+    """Peak CUDA memory allocated by torch since the last reset, MPS memory in use now, or on the
+    CPU the process's peak resident size so far (which cannot be reset, so it includes loading)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
     if device.type == "mps":
@@ -94,6 +97,9 @@ def main() -> None:
         started = time.perf_counter()
         trainer = Trainer(args.base, data, scratch / "ckpt", options)
         loaded = time.perf_counter()
+        load_memory = peak_memory_gib(trainer.device)
+        if trainer.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(trainer.device)
         trainer.run()
         finished = time.perf_counter()
         records = [json.loads(line) for line in (scratch / "ckpt" / METRICS_FILE).read_text().splitlines()]
@@ -114,7 +120,8 @@ def main() -> None:
         "load_s": round(loaded - started, 2),
         "reference_pass_s": round(finished - loaded - steps[-1]["elapsed_s"], 2),
         "pairs_per_minute": round((len(steps) - 1) * pairs_per_step / steady_s * 60, 1),
-        "peak_memory_gib": round(peak_memory_gib(trainer.device), 2),
+        "peak_memory_load_gib": round(load_memory, 2),
+        "peak_memory_train_gib": round(peak_memory_gib(trainer.device), 2),
         "final_loss": round(steps[-1]["loss"], 4),
     }
     print(json.dumps(result, indent=2))

@@ -153,6 +153,18 @@ def test_dpo_learns_a_separable_preference(tiny, pairs, tmp_path, arch):
     assert result.metrics["eval"]["reward_margin"] > 0.5
 
 
+def test_bf16_compute_keeps_float32_master_weights(tiny, pairs, tmp_path):
+    options = TrainOptions(max_steps=10, dtype="bf16", export_hf=tmp_path / "hf", **FAST)
+    result = train(tiny["qwen2"], pairs, tmp_path / "ckpt", options)
+    assert result.manifest["compute_dtype"] == "bf16"
+    assert all(
+        t.dtype == torch.float32 for t in load_file(tmp_path / "ckpt" / "pre_layer.safetensors").values()
+    )
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["dtype"] == "bfloat16"
+    records = train_records(tmp_path / "ckpt")
+    assert records[-1]["loss"] < records[0]["loss"] - 0.1
+
+
 def test_sft_raises_the_likelihood_of_completions(tiny, tmp_path):
     data = write_jsonl(
         tmp_path / "sft.jsonl",
