@@ -44,11 +44,12 @@ from importlib.metadata import version
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from clm_local.errors import ClmError
-from clm_local.training.clm_block import pre_layer_of, replaced_pre_layer
+from clm_local.training.clm_block import PRE_LAYER_PREFIX, pre_layer_of, replaced_pre_layer
 
 FORMAT = "clm-local-pre-layer"
 FORMAT_VERSION = 1
@@ -110,7 +111,7 @@ def make_manifest(
         "base_block_count": base_block_count,
         "pre_layer_count": 1,
         "pre_layer_file": PRE_LAYER_FILE,
-        "tensor_prefix": "model.layers.0.",
+        "tensor_prefix": PRE_LAYER_PREFIX,
         "dtype": "fp32",
         "compute_dtype": compute_dtype,
         "objective": objective,
@@ -160,8 +161,6 @@ def load_pre_layer(directory: Path) -> tuple[dict[str, torch.Tensor], int]:
     path = Path(directory) / PRE_LAYER_FILE
     if not path.is_file():
         raise ClmError(f"{directory} has no {PRE_LAYER_FILE}")
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as handle:
         step = int((handle.metadata() or {}).get("clm_step", -1))
     return load_file(path), step
