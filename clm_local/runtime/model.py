@@ -115,8 +115,9 @@ def check_mode(mode: str) -> str:
 class ClmModel:
     """One GGUF in one llama.cpp context, with room for the two sequences of logits mode.
 
-    `n_ctx` is the context of one conversation; a CLM model reserves it for each of its two
-    sequences (aligned and reference), so the KV cache holds 2 * n_ctx positions.
+    `n_ctx` is the context of one conversation (one sequence). A CLM model reserves it for each
+    of its two sequences (aligned and reference), so the KV cache holds 2 * n_ctx positions.
+    `n_sequences` overrides that count: 1 for embed mode only, more for parallel sampling.
     """
 
     def __init__(
@@ -127,6 +128,7 @@ class ClmModel:
         n_threads: int | None = None,
         n_gpu_layers: int = 0,
         n_batch: int = 512,
+        n_sequences: int | None = None,
     ) -> None:
         self.info = read_info(path)
         if n_ctx < 1 or n_batch < 1:
@@ -146,7 +148,9 @@ class ClmModel:
             raise ClmError(f"{path}: llama.cpp reads a different pre-layer count than the file declares")
 
         self.n_ctx = n_ctx
-        self.n_sequences = 2 if self.info.is_clm else 1
+        self.n_sequences = n_sequences or (2 if self.info.is_clm else 1)
+        if self.n_sequences < 1:
+            raise ClmError("n_sequences must be positive")
         threads = n_threads or os.cpu_count() or 1
         context_params = self._llama.llama_context_default_params()
         context_params.n_ctx = n_ctx * self.n_sequences
@@ -380,6 +384,14 @@ def load(
     n_threads: int | None = None,
     n_gpu_layers: int = 0,
     n_batch: int = 512,
+    n_sequences: int | None = None,
 ) -> ClmModel:
     """Load a (CLM) GGUF into the patched llama.cpp. See ClmModel."""
-    return ClmModel(path, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers, n_batch=n_batch)
+    return ClmModel(
+        path,
+        n_ctx=n_ctx,
+        n_threads=n_threads,
+        n_gpu_layers=n_gpu_layers,
+        n_batch=n_batch,
+        n_sequences=n_sequences,
+    )
