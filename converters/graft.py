@@ -18,6 +18,7 @@ import gguf
 from gguf import GGUFValueType
 
 from clm_local.errors import ClmError
+from clm_local.files import sha256_file
 from clm_local.gguf_file import field_value, open_gguf
 
 from . import checkpoint_manifest
@@ -28,7 +29,6 @@ from .gguf_io import (
     OutputTensor,
     copy_metadata,
     copy_tensor,
-    file_sha256,
     require_value,
     write_gguf,
 )
@@ -60,7 +60,7 @@ def graft(
     reader = open_gguf(base)
     arch = check_gguf_source(reader, base)
     block_count = _block_count_entry(reader, arch, base)
-    base_sha256 = file_sha256(base)
+    base_sha256 = sha256_file(base)
     manifest.check_base(base, arch, block_count.value - 1, base_sha256, force=force_base)
 
     pre_layer = _pre_layer_tensors(checkpoint / manifest.pre_layer_file, reader, base, arch, outtype)

@@ -18,7 +18,7 @@ from clm_local.converters.gguf_io import OutputTensor, copy_metadata, copy_tenso
 from safetensors.numpy import save_file
 from tiny_gguf import TinyModel
 
-from clm_local.paths import cache_dir
+from clm_local.files import cache_dir
 
 SMOLLM2 = cache_dir() / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -23,7 +23,7 @@ from clm_local.converters.hf_tensors import llama_permute
 from test_convert_fixtures import raw_fields, smollm2_shaped_folder, value
 
 from clm_local.errors import ClmError
-from clm_local.paths import cache_dir
+from clm_local.files import cache_dir
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clm_local.errors import ClmError
-from clm_local.paths import cache_dir
+from clm_local.files import cache_dir
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 PATCH_FILE = Path(__file__).with_name("llama-cpp-pre-layer.patch")

@@ -7,7 +7,6 @@ architecture is read before any weights are loaded, so an unsupported model is r
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from transformers import (
 )
 
 from clm_local.errors import ClmError
+from clm_local.files import sha256_file
 from clm_local.gguf_keys import SUPPORTED_ARCHITECTURES
 
 GGUF_MAGIC = b"GGUF"
@@ -74,15 +74,6 @@ def base_architecture(source: BaseSource) -> str:
         supported = ", ".join(SUPPORTED_ARCHITECTURES)
         raise ClmError(f"architecture '{architecture}' is not supported (supported: {supported})")
     return architecture
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks so multi-gigabyte weights need no memory."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 24), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def base_identity(source: BaseSource) -> dict:

@@ -28,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from clm_local.errors import ClmError
+from clm_local.files import sha256_file
 from clm_local.training import checkpoint
 from clm_local.training.base_model import (
     base_architecture,
@@ -35,7 +36,6 @@ from clm_local.training.base_model import (
     load_model,
     load_tokenizer,
     resolve_base,
-    sha256_file,
 )
 from clm_local.training.clm_block import (
     bypass_pre_layer,
