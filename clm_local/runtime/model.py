@@ -377,21 +377,5 @@ def mix_logits(z_aligned: np.ndarray, z_reference: np.ndarray, alpha: float) -> 
     return alpha * z_aligned + (1.0 - alpha) * z_reference
 
 
-def load(
-    path: str | Path,
-    *,
-    n_ctx: int = 2048,
-    n_threads: int | None = None,
-    n_gpu_layers: int = 0,
-    n_batch: int = 512,
-    n_sequences: int | None = None,
-) -> ClmModel:
-    """Load a (CLM) GGUF into the patched llama.cpp. See ClmModel."""
-    return ClmModel(
-        path,
-        n_ctx=n_ctx,
-        n_threads=n_threads,
-        n_gpu_layers=n_gpu_layers,
-        n_batch=n_batch,
-        n_sequences=n_sequences,
-    )
+# `clm_local.load(path, n_ctx=..., n_threads=..., n_gpu_layers=...)` reads as a verb; it is the class.
+load = ClmModel
