@@ -161,14 +161,18 @@ def demo(
 
 
 def _load(path: Path | None, *, ctx: int, threads: int | None, n_gpu_layers: int) -> ClmModel:
-    """Load the named GGUF, or the embedded default model (saying when its P is untrained)."""
+    """Load the named GGUF, or the embedded default model (saying when its P is untrained).
+
+    Call it inside _warnings_on_stderr, which scopes the warning filter set here.
+    """
     import clm_local
     from clm_local import default_model
 
     if path is None:
         path = default_model.default_model_path()
-        if default_model.is_identity_default():
-            _note("the default model's pre-layer is not trained yet: every alpha gives the base model")
+        if not default_model.has_trained_pre_layer():
+            _note("the default model has no trained pre-layer yet: it is the base model, alpha has no effect")
+            warnings.filterwarnings("ignore", message=".*no CLM pre-layer")  # said just now
     return clm_local.load(path, n_ctx=ctx, n_threads=threads, n_gpu_layers=n_gpu_layers)
 
 
