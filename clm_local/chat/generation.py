@@ -98,9 +98,13 @@ class Decoder:
         mode: str | None = None,
         sampling: SamplingParams | None = None,
         max_tokens: int = 256,
+        *,
+        stop_at_end: bool = True,
     ) -> Iterator[int]:
         """Yield up to max_tokens new tokens after the prompt; stops before an end-of-generation
         token and when the context is full. alpha and mode default to the file's clm.* keys.
+        stop_at_end=False yields end-of-generation tokens like any other, so that a benchmark
+        times exactly max_tokens tokens of this same loop.
 
         A token is yielded before it is decoded, so a consumer that stops early leaves the cache
         exactly at the tokens decoded so far (the prompt and all but the last yielded token).
@@ -117,7 +121,7 @@ class Decoder:
             logits = self.prefill(prompt_tokens, alpha, mode)
             for produced in range(1, max_tokens + 1):
                 token = sampler.sample(logits)
-                if self.model.is_end_of_generation(token):
+                if stop_at_end and self.model.is_end_of_generation(token):
                     return
                 yield token
                 if produced == max_tokens or len(self.cached) >= self.n_ctx:

@@ -1,0 +1,65 @@
+"""`clm-local bench`: time the base model, both CLM modes and the two-model alternative.
+
+The work lives in clm_local.benchmark; this module maps options to its settings and prints the
+Markdown table, or with --json only the JSON object on stdout (progress always goes to stderr).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from clm_local.benchmark.settings import BenchSettings
+
+DEFAULTS = BenchSettings()
+
+
+def register(app: typer.Typer) -> None:
+    """Add `bench` to the app."""
+    app.command()(bench)
+
+
+def bench(
+    model: Annotated[
+        Path | None,
+        typer.Argument(help="A CLM GGUF (default: the embedded default model).", show_default=False),
+    ] = None,
+    prompt_tokens: Annotated[int, typer.Option(help="Length of the synthetic prompt.")] = (
+        DEFAULTS.prompt_tokens
+    ),
+    gen_tokens: Annotated[
+        int, typer.Option(help="Tokens generated greedily (end-of-generation does not stop it).")
+    ] = DEFAULTS.gen_tokens,
+    threads: Annotated[
+        int | None, typer.Option(help="CPU threads (default: all cores).", show_default=False)
+    ] = DEFAULTS.threads,
+    repeat: Annotated[int, typer.Option(help="Runs of every configuration, interleaved.")] = DEFAULTS.repeat,
+    ctx: Annotated[
+        int, typer.Option(help="Context per sequence (chat's default): sets the KV cache size.")
+    ] = DEFAULTS.n_ctx,
+    alpha: Annotated[float, typer.Option(help="Alpha of the embed, logits and two_model runs.")] = (
+        DEFAULTS.alpha
+    ),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
+) -> None:
+    """Prefill and decode speed and peak memory: base, embed, logits and two_model."""
+    from clm_local import default_model
+    from clm_local.benchmark.report import format_markdown
+    from clm_local.benchmark.suite import run_benchmark
+
+    settings = BenchSettings(
+        prompt_tokens=prompt_tokens,
+        gen_tokens=gen_tokens,
+        threads=threads,
+        repeat=repeat,
+        n_ctx=ctx,
+        alpha=alpha,
+    )
+    settings.check()  # before the default model is fetched
+    path = model if model is not None else default_model.default_model_path()
+    result = run_benchmark(path, settings, progress=lambda line: print(line, file=sys.stderr))
+    print(json.dumps(result, indent=2) if as_json else format_markdown(result))
