@@ -123,6 +123,7 @@ def plot(rows: Sequence[AlphaRow], path: Path) -> None:
         guard_axis.plot([r.alpha for r in mine], [r.guard for r in mine], marker="o", label=mode)
     words_axis.set(xlabel="alpha", ylabel="mean answer length (words)", title="preference: concise answers")
     guard_axis.set(xlabel="alpha", ylabel="base-model perplexity of the answer", title="quality guard")
+    guard_axis.set_yscale("log")  # it grows by orders of magnitude once the text breaks
     for axis in (words_axis, guard_axis):
         axis.axvline(0, color="grey", lw=0.5)
         axis.axvline(1, color="grey", lw=0.5, ls="--")
