@@ -16,24 +16,11 @@ import numpy as np
 import pytest
 from clm_local.converters.gguf_io import OutputTensor, copy_metadata, copy_tensor, write_gguf
 from safetensors.numpy import save_file
-from tiny_gguf import TinyModel
+from tiny_gguf import HF_BLOCK_MODULES, TinyModel
 
 from clm_local.files import cache_dir
 
 SMOLLM2 = cache_dir() / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-# GGUF block tensor -> Hugging Face module inside `model.layers.<i>.`
-HF_MODULES = {
-    "attn_norm": "input_layernorm",
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_norm": "post_attention_layernorm",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-}
 
 
 def require_smollm2() -> Path:
@@ -65,7 +52,7 @@ def hf_block(block: dict[str, np.ndarray], arch: str, n_head: int, n_head_kv: in
             weights = llama_unpermute(weights, n_head)
         elif arch == "llama" and part == "attn_k":
             weights = llama_unpermute(weights, n_head_kv)
-        tensors[f"model.layers.0.{HF_MODULES[part]}.{kind}"] = np.ascontiguousarray(weights)
+        tensors[f"model.layers.0.{HF_BLOCK_MODULES[part]}.{kind}"] = np.ascontiguousarray(weights)
     return tensors
 
 

@@ -13,7 +13,7 @@ import gguf
 import numpy as np
 import pytest
 from numpy_reference import forward, forward_plain, relative_error
-from tiny_gguf import TinyModel, Variant, make_tiny_model, write_tiny_model
+from tiny_gguf import HF_BLOCK_MODULES, TinyModel, Variant, make_tiny_model
 
 from clm_local import gguf_keys
 
@@ -41,7 +41,8 @@ def _field(reader: gguf.GGUFReader, key: str) -> object:
 @pytest.mark.parametrize("arch", ARCHS)
 def test_clm_file_round_trips(tmp_path: Path, arch: str) -> None:
     path = tmp_path / "clm.gguf"
-    model = write_tiny_model(path, arch, n_base_blocks=3, alpha_default=0.75, mix_default="embed")
+    model = make_tiny_model(arch, n_base_blocks=3, alpha_default=0.75, mix_default="embed")
+    model.write(path)
     reader = gguf.GGUFReader(path)
     cfg = model.config
 
@@ -84,12 +85,12 @@ def test_variants_hold_the_same_weights(tmp_path: Path, variant: Variant, block_
 
 def test_optional_keys_can_be_left_out(tmp_path: Path) -> None:
     path = tmp_path / "bare.gguf"
-    write_tiny_model(path, "llama", alpha_default=None, mix_default=None)
+    make_tiny_model("llama", alpha_default=None, mix_default=None).write(path)
     fields = gguf.GGUFReader(path).fields
     assert gguf_keys.KEY_VERSION in fields
     assert gguf_keys.KEY_ALPHA_DEFAULT not in fields and gguf_keys.KEY_MIX_DEFAULT not in fields
 
-    write_tiny_model(path, "llama", clm_keys=False)
+    make_tiny_model("llama", clm_keys=False).write(path)
     assert not [f for f in gguf.GGUFReader(path).fields if f.startswith("clm.")]
 
 
@@ -188,17 +189,7 @@ def _hf_model(model: TinyModel, variant: Variant) -> torch.nn.Module:
             stem, kind = name.rsplit(".", 1)
             return f"{top[stem]}.{kind}"
         _, index, part, kind = name.split(".")
-        layer = {
-            "attn_norm": "input_layernorm",
-            "attn_q": "self_attn.q_proj",
-            "attn_k": "self_attn.k_proj",
-            "attn_v": "self_attn.v_proj",
-            "attn_output": "self_attn.o_proj",
-            "ffn_norm": "post_attention_layernorm",
-            "ffn_gate": "mlp.gate_proj",
-            "ffn_up": "mlp.up_proj",
-            "ffn_down": "mlp.down_proj",
-        }[part]
+        layer = HF_BLOCK_MODULES[part]
         return f"model.layers.{index}.{layer}.{kind}"
 
     state = {}

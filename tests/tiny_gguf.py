@@ -31,6 +31,19 @@ VARIANTS: tuple[Variant, ...] = ("clm", "base", "plain_expanded")
 # of the residual stream as a trained pre-layer is.
 P_OUT_STD = 0.05
 
+# GGUF block tensor -> Hugging Face module inside `model.layers.<i>.` (llama and qwen2).
+HF_BLOCK_MODULES = {
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_norm": "post_attention_layernorm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+
 
 @dataclass(frozen=True)
 class TinyConfig:
@@ -229,33 +242,3 @@ def make_tiny_model(
         alpha_default=alpha_default,
         mix_default=mix_default,
     )
-
-
-def write_tiny_model(
-    path: str | Path,
-    arch: Arch,
-    *,
-    n_base_blocks: int = 2,
-    pre_layers: int = 1,
-    clm_keys: bool = True,
-    alpha_default: float | None = 1.0,
-    mix_default: str | None = "logits",
-    seed: int = 0,
-    with_p_random: bool = True,
-    variant: Variant = "clm",
-    **hparams: int | float,
-) -> TinyModel:
-    """make_tiny_model() and write it to `path` as `variant`; returns the model for the reference."""
-    model = make_tiny_model(
-        arch,
-        n_base_blocks=n_base_blocks,
-        pre_layers=pre_layers,
-        clm_keys=clm_keys,
-        alpha_default=alpha_default,
-        mix_default=mix_default,
-        seed=seed,
-        with_p_random=with_p_random,
-        **hparams,
-    )
-    model.write(path, variant)
-    return model
