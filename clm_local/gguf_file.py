@@ -1,8 +1,7 @@
-"""Open and validate a GGUF file before anything trusts it.
+"""Open a GGUF with gguf-py's reader (tensor data included) once it has been validated.
 
-llama.cpp and gguf-py fail on a bad file in many ways (exceptions of every type, and on some paths
-an abort); this module turns "missing, not a GGUF, truncated, corrupt" into one ClmError line, and
-reads metadata values as plain Python objects.
+The validation is clm_local.gguf_check's (shared with the runtime and `info`); this module adds
+gguf-py's reader for the converters, which copy tensors, and reads its values as plain objects.
 """
 
 from __future__ import annotations
@@ -14,36 +13,17 @@ import numpy as np
 from gguf import GGUFReader, GGUFValueType
 
 from clm_local.errors import ClmError
-
-GGUF_MAGIC = b"GGUF"
+from clm_local.gguf_check import check_gguf
 
 
 def open_gguf(path: str | Path) -> GGUFReader:
-    """A GGUFReader over `path`, or ClmError saying plainly what is wrong with the file."""
-    path = Path(path)
-    if not path.exists():
-        raise ClmError(f"{path}: no such file")
-    if not path.is_file():
-        raise ClmError(f"{path}: not a file")
-    with path.open("rb") as handle:
-        if handle.read(4) != GGUF_MAGIC:
-            raise ClmError(f"{path}: not a GGUF file (wrong magic bytes)")
+    """A GGUFReader over `path` once clm_local.gguf_check has validated the file (bounded, cheap),
+    or ClmError saying plainly what is wrong with it."""
+    header = check_gguf(path)
     try:
-        reader = GGUFReader(path)
+        return GGUFReader(header.path)
     except Exception as error:  # gguf-py raises ValueError, IndexError, struct errors, ...
-        raise ClmError(f"{path}: corrupt or truncated GGUF ({type(error).__name__}: {error})") from None
-    _check_tensor_data_in_file(path, reader)
-    return reader
-
-
-def _check_tensor_data_in_file(path: Path, reader: GGUFReader) -> None:
-    size = path.stat().st_size
-    for tensor in reader.tensors:
-        end = int(tensor.data_offset) + int(tensor.n_bytes)
-        if end > size:
-            raise ClmError(
-                f"{path}: truncated GGUF (tensor {tensor.name} ends at byte {end}, file has {size})"
-            )
+        raise ClmError(f"{path}: corrupt GGUF ({type(error).__name__}: {error})") from None
 
 
 def field_value(reader: GGUFReader, key: str) -> Any:
