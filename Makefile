@@ -4,17 +4,20 @@
 #
 #   make demo                      # the main job on the embedded default model
 #   make test                      # the test suite (CI runs this)
+#   make fuzz                      # 5,000 mutated GGUFs through info and load (FUZZ_CASES=..., FUZZ_SEED=...)
 #   make setup BACKEND=metal       # Apple GPUs; BACKEND=cuda for NVIDIA
 #   make setup TORCH=torch         # any torch you like (the pin keeps CI on the CPU wheel)
 
 PYTHON  ?= python3
 BACKEND ?= cpu
 TORCH   ?= torch==2.13.0
+FUZZ_CASES ?= 5000
+FUZZ_SEED  ?= 1
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.setup-$(BACKEND)
 
-.PHONY: setup demo test lint
+.PHONY: setup demo test lint fuzz
 
 setup: $(STAMP)
 
@@ -31,6 +34,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+fuzz: $(STAMP)
+	$(BIN)/python tests/fuzz_runner.py --cases $(FUZZ_CASES) --seed $(FUZZ_SEED)
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

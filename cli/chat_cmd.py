@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -117,10 +117,7 @@ def chat(
             notify=_note,
         )
         if text is not None:
-            for piece in session.ask(text.strip()):
-                sys.stdout.write(piece)
-                sys.stdout.flush()
-            sys.stdout.write("\n")
+            _print_answer(session.ask(text.strip()))
             return
         info = loaded.info
         kind = (
@@ -174,6 +171,18 @@ def _load(path: Path | None, *, ctx: int, threads: int | None, n_gpu_layers: int
             _note("the default model has no trained pre-layer yet: it is the base model, alpha has no effect")
             warnings.filterwarnings("ignore", message=".*no CLM pre-layer")  # said just now
     return clm_local.load(path, n_ctx=ctx, n_threads=threads, n_gpu_layers=n_gpu_layers)
+
+
+def _print_answer(pieces: Iterator[str]) -> None:
+    """Stream an answer to stdout and end its line, also when Ctrl-C stops it half way."""
+    try:
+        for piece in pieces:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    finally:
+        with suppress(BrokenPipeError):  # the reader is gone: nothing left to end
+            sys.stdout.write("\n")
+            sys.stdout.flush()
 
 
 def _note(message: str) -> None:

@@ -84,9 +84,12 @@ def convert(
 def info(
     file: Annotated[Path, typer.Argument(help="A GGUF file.", show_default=False)],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+    check_values: Annotated[
+        bool, typer.Option("--check-values", help="Also decode every tensor and name those with NaN or Inf.")
+    ] = False,
 ) -> None:
     """Describe a GGUF: architecture, blocks, pre-layer, defaults, provenance, tensor types, sizes."""
     from clm_local.converters.info import format_info, read_info
 
-    details = read_info(file)
+    details = read_info(file, check_values=check_values)
     typer.echo(json.dumps(details.to_json(), indent=2) if as_json else format_info(details))

@@ -41,6 +41,9 @@ ROPE_SCALING_TYPES = ("none", "linear", "yarn", "longrope")  # anything else abo
 # "none"/"no_vocab" a vocabulary of token ids without text (the tests' tiny models).
 TOKENIZER_MODELS = ("gpt2", "llama", "none", "no_vocab")
 NO_TEXT_TOKENIZERS = ("none", "no_vocab")
+# ggml types that hold integers or doubles: llama.cpp's matrix and norm kernels take none of them.
+INTEGER_TENSOR_TYPES = ("I8", "I16", "I32", "I64", "F64")
+VECTOR_TYPES = ("F32", "F16", "BF16")  # norms and biases (ggml's element-wise ops)
 
 _BLOCK_TENSOR = re.compile(r"blk\.(\d+)\.(.+)")
 
@@ -145,10 +148,12 @@ def check_header(header: GgufHeader) -> None:
     n_layer = values.integer(f"{arch}.block_count", required=True)
     if not 1 <= n_layer <= MAX_LAYERS:
         raise _Problem(f"{arch}.block_count is {n_layer}; llama.cpp loads 1 to {MAX_LAYERS} blocks")
+    values.text("general.name")  # shown by info and load: the right type or nothing
+    values.integer(f"{arch}.context_length")
     _check_llama_asserts(values, arch, n_layer)
     _check_clm_keys(values, n_layer)
     n_vocab = _check_tokenizer(values, header, arch)
-    _check_block_indices(header, n_layer)
+    _check_tensor_types_and_blocks(header, n_layer)
     rules = ARCH_RULES.get(arch)
     if rules is not None:
         hparams = _hparams(values, arch, n_layer, n_vocab, rules)
@@ -276,8 +281,8 @@ def _check_tokenizer(values: _Values, header: GgufHeader, arch: str) -> int | No
                 f"tokenizer.ggml.model is {model!r} (no vocabulary) "
                 f"but the file has one of {tokens.count} tokens"
             )
-        n_vocab = values.integer(f"{arch}.vocab_size")
-        if n_vocab is not None and n_vocab < 1:
+        n_vocab = values.integer(f"{arch}.vocab_size", required=True)  # llama.cpp's only vocabulary size
+        if n_vocab < 1:
             raise _Problem(f"{arch}.vocab_size is {n_vocab}")
         return n_vocab
     if tokens is None or tokens.count == 0:
@@ -331,8 +336,17 @@ def _check_byte_tokens(header: GgufHeader) -> None:
     )
 
 
-def _check_block_indices(header: GgufHeader, n_layer: int) -> None:
+def _check_tensor_types_and_blocks(header: GgufHeader, n_layer: int) -> None:
+    """Types llama.cpp can compute with, and no tensor beyond the last block."""
     for tensor in header.tensors:
+        kind = tensor.ggml_type.name
+        if kind in INTEGER_TENSOR_TYPES:
+            raise _Problem(f"tensor {tensor.name} is stored as {kind}, which no model weight can be")
+        if len(tensor.ne) == 1 and kind not in VECTOR_TYPES:
+            raise _Problem(
+                f"tensor {tensor.name} is a vector (a norm or a bias) stored as {kind}; "
+                f"llama.cpp computes with {', '.join(VECTOR_TYPES)} vectors only"
+            )
         match = _BLOCK_TENSOR.fullmatch(tensor.name)
         if match and int(match[1]) >= n_layer:
             raise _Problem(f"tensor {tensor.name} belongs to no block: block_count is {n_layer}")

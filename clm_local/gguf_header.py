@@ -245,13 +245,25 @@ def _read_value(cursor: _Cursor, key: str) -> tuple[Value, tuple[GGUFValueType, 
     if count > cursor.left // item_size:
         raise ClmError(f"{what} claims {count} items, more than the file can hold")
     if item_kind == GGUFValueType.STRING:
-        start = cursor.position
-        for item in range(count):  # lengths only: a vocabulary is not turned into Python objects
-            cursor.take(cursor.u64(f"the length of {key}[{item}]"), f"{key}[{item}]")
-        return StringArray(count, start), (kind, item_kind)
+        return _skip_strings(cursor, key, count), (kind, item_kind)
     start = cursor.take(count * item_size, what)
     array = np.frombuffer(cursor.data, dtype=_ARRAY_DTYPES[item_kind], count=count, offset=start).copy()
     return (array.astype(bool) if item_kind == GGUFValueType.BOOL else array), (kind, item_kind)
+
+
+def _skip_strings(cursor: _Cursor, key: str, count: int) -> StringArray:
+    """Walk a string array without keeping its items (a vocabulary is not turned into Python
+    objects), checking each is UTF-8: llama.cpp aborts on a token that is not."""
+    start = cursor.position
+    data = cursor.data
+    for item in range(count):
+        length = cursor.u64(f"the length of {key}[{item}]")
+        begin = cursor.take(length, f"{key}[{item}]")
+        try:
+            data[begin : begin + length].decode("utf-8")
+        except UnicodeDecodeError:
+            raise ClmError(f"{key}[{item}] is not valid UTF-8") from None
+    return StringArray(count, start)
 
 
 def _alignment(values: dict[str, Value], types: dict[str, tuple[GGUFValueType, GGUFValueType | None]]) -> int:

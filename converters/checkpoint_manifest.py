@@ -10,9 +10,11 @@ blocks it was trained with) and copies the second into the output as clm.train.*
 from __future__ import annotations
 
 import json
+import ntpath
+import posixpath
 import sys
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from clm_local.errors import ClmError
 
@@ -108,4 +110,12 @@ def _provenance(data: dict) -> dict[str, object]:
     for group in _HOISTED_GROUPS:
         run.update(data.get(group) or {})
     run.update((k, v) for k, v in data.items() if k not in _LAYOUT_FIELDS + _HOISTED_GROUPS + ("objective",))
-    return flatten(run)
+    return {key: _file_name_only(value) for key, value in flatten(run).items()}
+
+
+def _file_name_only(value: object) -> object:
+    """An absolute path of the training machine as its file name: the GGUF travels, and the folder
+    layout (user names included) of the machine that trained it is nobody else's business."""
+    if isinstance(value, str) and (posixpath.isabs(value) or ntpath.isabs(value)):
+        return PurePosixPath(value.replace("\\", "/")).name
+    return value

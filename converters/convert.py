@@ -13,6 +13,7 @@ from enum import Enum
 from pathlib import Path
 
 from clm_local.errors import ClmError
+from clm_local.gguf_check import check_gguf
 
 from . import checkpoint_manifest
 from .add_keys import add_clm_keys
@@ -20,6 +21,8 @@ from .clm_metadata import check_defaults
 from .graft import graft, is_training_checkpoint
 from .hf_tensors import check_outtype
 from .hf_to_gguf import convert_hf_folder, is_hf_folder
+
+FLOAT_TYPES = ("F32", "F16", "BF16")
 
 
 class SourceKind(str, Enum):
@@ -67,6 +70,8 @@ def convert(source: Path, out: Path, options: ConvertOptions) -> SourceKind:
         input_file = checkpoint_manifest.read(source).base_gguf()
     if input_file is not None and input_file.resolve() == out.resolve():
         raise ClmError(f"{out} is an input of the conversion; write the CLM file somewhere else")
+    if options.quantize is not None and input_file is not None:
+        _check_not_quantized(input_file, options.quantize)
     if options.quantize is not None:
         from .quantize import convert_then_quantize
 
@@ -91,6 +96,17 @@ def _check_options(kind: SourceKind, options: ConvertOptions) -> None:
         raise ClmError("--pre-layers does not apply to a training checkpoint (it holds one pre-layer)")
     if kind is SourceKind.GGUF and options.outtype != "auto":
         raise ClmError("--outtype does not apply to a GGUF source (its tensors are copied as they are)")
+
+
+def _check_not_quantized(gguf_file: Path, qtype: str) -> None:
+    """--quantize needs float weights: llama.cpp refuses to quantize already-quantized tensors
+    (the errors would compound), and it would only say so after the whole conversion."""
+    quantized = sorted({t.ggml_type.name for t in check_gguf(gguf_file).tensors} - set(FLOAT_TYPES))
+    if quantized:
+        raise ClmError(
+            f"--quantize {qtype}: {gguf_file} is already quantized ({', '.join(quantized)}); "
+            "quantize from an F16, BF16 or F32 base, or leave --quantize off (the base's types are kept)"
+        )
 
 
 def _run(kind: SourceKind, source: Path, out: Path, options: ConvertOptions, *, force: bool) -> None:

@@ -6,13 +6,18 @@ a check that the output parses).
 
 from __future__ import annotations
 
+import math
+import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import gguf
+import numpy as np
 
-from clm_local.gguf_file import field_value, open_gguf
+from clm_local.gguf_check import check_gguf, tensors_with_non_finite_values
+from clm_local.gguf_header import GgufHeader, StringArray, TensorInfo, Value
 from clm_local.gguf_keys import (
     KEY_ALPHA_DEFAULT,
     KEY_MIX_DEFAULT,
@@ -39,6 +44,7 @@ class GgufInfo:
     n_params: int
     n_pre_layer_params: int
     pre_layer_bytes: int
+    non_finite_tensors: list[str] | None = None  # None: not checked (see --check-values)
 
     @property
     def pre_layer_share(self) -> float:
@@ -48,28 +54,32 @@ class GgufInfo:
         return asdict(self) | {"pre_layer_share": self.pre_layer_share}
 
 
-def read_info(path: Path) -> GgufInfo:
-    reader = open_gguf(path)
-    arch = str(field_value(reader, gguf.Keys.General.ARCHITECTURE))
-    n_pre_layers = int(field_value(reader, KEY_PRE_LAYER_COUNT) or 0)
-    pre_layer = [t for t in reader.tensors if _block_index(t.name) in range(n_pre_layers)]
-    block_count = field_value(reader, gguf.Keys.LLM.BLOCK_COUNT.format(arch=arch))
+def read_info(path: Path, *, check_values: bool = False) -> GgufInfo:
+    """What the header of `path` says, after clm_local.gguf_check validated it; with check_values,
+    also decode every tensor and list those holding NaN or Inf."""
+    header = check_gguf(path)
+    values = header.values
+    arch = str(values[gguf.Keys.General.ARCHITECTURE])
+    n_pre_layers = int(values.get(KEY_PRE_LAYER_COUNT, 0))
+    pre_layer = [t for t in header.tensors if _block_index(t.name) < n_pre_layers]
+    alpha_default = values.get(KEY_ALPHA_DEFAULT)
     return GgufInfo(
         path=str(path),
-        file_bytes=path.stat().st_size,
+        file_bytes=header.file_size,
         architecture=arch,
-        name=field_value(reader, gguf.Keys.General.NAME),
-        n_blocks=None if block_count is None else int(block_count),
+        name=values.get(gguf.Keys.General.NAME),
+        n_blocks=int(values[gguf.Keys.LLM.BLOCK_COUNT.format(arch=arch)]),
         n_pre_layers=n_pre_layers,
-        alpha_default=field_value(reader, KEY_ALPHA_DEFAULT),
-        mix_default=field_value(reader, KEY_MIX_DEFAULT),
-        base=_with_prefix(reader, PREFIX_BASE),
-        train=_with_prefix(reader, PREFIX_TRAIN),
-        tensor_types=_type_counts(reader.tensors),
+        alpha_default=None if alpha_default is None else float(alpha_default),
+        mix_default=values.get(KEY_MIX_DEFAULT),
+        base=_with_prefix(header, PREFIX_BASE),
+        train=_with_prefix(header, PREFIX_TRAIN),
+        tensor_types=_type_counts(header.tensors),
         pre_layer_types=_type_counts(pre_layer),
-        n_params=sum(int(t.n_elements) for t in reader.tensors),
-        n_pre_layer_params=sum(int(t.n_elements) for t in pre_layer),
-        pre_layer_bytes=sum(int(t.n_bytes) for t in pre_layer),
+        n_params=sum(t.n_elements for t in header.tensors),
+        n_pre_layer_params=sum(t.n_elements for t in pre_layer),
+        pre_layer_bytes=sum(t.n_bytes for t in pre_layer),
+        non_finite_tensors=tensors_with_non_finite_values(header) if check_values else None,
     )
 
 
@@ -94,6 +104,9 @@ def format_info(info: GgufInfo) -> str:
             f"parameters    {_params(info.n_params)}",
         ]
     lines.append(f"tensor types  {_types(info.tensor_types)}")
+    if info.non_finite_tensors is not None:
+        bad = info.non_finite_tensors
+        lines += _wrapped("values", [f"NaN or Inf in {len(bad)} tensors", *bad] if bad else ["all finite"])
     for title, values in (("base", info.base), ("training", info.train)):
         if values:
             lines += _wrapped(title, [f"{k} = {_number(v)}" for k, v in values.items()])
@@ -117,19 +130,31 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
-def _block_index(tensor_name: str) -> int | None:
-    parts = tensor_name.split(".")
-    return int(parts[1]) if parts[0] == "blk" and parts[1].isdecimal() else None
+def _block_index(tensor_name: str) -> float:
+    """The block a tensor belongs to; infinity for tensors outside the blocks (embeddings, head)."""
+    match = re.match(r"blk\.(\d+)\.", tensor_name)
+    return int(match[1]) if match else math.inf
 
 
-def _with_prefix(reader: gguf.GGUFReader, prefix: str) -> dict[str, object]:
+def _with_prefix(header: GgufHeader, prefix: str) -> dict[str, object]:
     return {
-        key.removeprefix(prefix): field_value(reader, key) for key in reader.fields if key.startswith(prefix)
+        key.removeprefix(prefix): _plain(value)
+        for key, value in header.values.items()
+        if key.startswith(prefix)
     }
 
 
-def _type_counts(tensors: list[gguf.ReaderTensor]) -> dict[str, int]:
-    return dict(Counter(t.tensor_type.name for t in tensors).most_common())
+def _plain(value: Value) -> object:
+    """A metadata value as JSON can hold it (arrays summarised, not listed)."""
+    if isinstance(value, StringArray):
+        return f"[{value.count} strings]"
+    if isinstance(value, np.ndarray):
+        return f"[{value.size} numbers]"
+    return value
+
+
+def _type_counts(tensors: Iterable[TensorInfo]) -> dict[str, int]:
+    return dict(Counter(t.ggml_type.name for t in tensors).most_common())
 
 
 def _types(counts: dict[str, int]) -> str:

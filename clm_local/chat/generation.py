@@ -21,15 +21,25 @@ import numpy as np
 
 from clm_local.chat.sampling import Sampler, SamplingParams
 from clm_local.errors import ClmError
-from clm_local.runtime.model import ALIGNED_SEQ, REFERENCE_SEQ, ClmModel, check_alpha, check_mode
+from clm_local.runtime.model import (
+    ALIGNED_SEQ,
+    REFERENCE_SEQ,
+    ClmModel,
+    check_alpha,
+    check_finite,
+    check_mode,
+    mix_logits,
+)
 
 
 class Decoder:
     """Owns one model's KV cache for generation; use one Decoder per model at a time.
 
     `cached` lists the tokens whose keys and values the cache holds, `coefficients` the pre-layer
-    coefficient of each sequence that computed them. The cache only ever changes through this
-    object (other users of the model, such as `model.logits`, reset it: make a new Decoder then).
+    coefficient of each sequence that computed them. Anything else that uses the model (`logits`,
+    another Decoder or ChatSession) changes the cache under this one; the model's `cache_version`
+    tells: the next prompt is then decoded from scratch, and a generation in progress stops with
+    ClmError rather than continue from a cache it does not know.
     """
 
     def __init__(self, model: ClmModel) -> None:
@@ -37,7 +47,14 @@ class Decoder:
         self.cached: list[int] = []
         self.coefficients: dict[int, float] = {}
         self._warned_plain = False
+        self.hit_max_tokens = False  # whether the last generate() stopped at max_tokens
         model.reset()
+        self._version = model.cache_version
+
+    @property
+    def is_stale(self) -> bool:
+        """Whether something else changed the model's cache since this Decoder last did."""
+        return self._version != self.model.cache_version
 
     @property
     def n_ctx(self) -> int:
@@ -64,6 +81,8 @@ class Decoder:
         tokens = self.model.check_tokens(tokens)
         if len(tokens) > self.n_ctx:
             raise ClmError(f"the prompt has {len(tokens)} tokens, the context only {self.n_ctx}")
+        if self.is_stale:  # prime again: forget what this Decoder thought the cache held
+            self.cached, self.coefficients = [], {}
         wanted = self.coefficients_for(alpha, mode)
         if wanted != self.coefficients:
             self.model.reset()
@@ -82,13 +101,19 @@ class Decoder:
         """Append one token to the cache and return the logits after it (mixed by alpha)."""
         if len(self.cached) >= self.n_ctx:
             raise ClmError(f"the context is full ({self.n_ctx} tokens)")
+        if self.is_stale:
+            raise ClmError(
+                "the model was used by something else during this generation (model.logits, another "
+                "Decoder or ChatSession): its cache no longer holds this answer; ask again"
+            )
         return self._decode([token], alpha)
 
     def _decode(self, tokens: list[int], alpha: float) -> np.ndarray:
         rows = self.model.decode({seq: tokens for seq in self.coefficients})
+        self._version = self.model.cache_version
         self.cached += tokens
         if REFERENCE_SEQ in rows:
-            return alpha * rows[ALIGNED_SEQ][-1] + (1.0 - alpha) * rows[REFERENCE_SEQ][-1]
+            return check_finite(mix_logits(rows[ALIGNED_SEQ][-1], rows[REFERENCE_SEQ][-1], alpha))
         return rows[ALIGNED_SEQ][-1]
 
     def generate(
@@ -115,6 +140,7 @@ class Decoder:
         if not info.is_clm and not self._warned_plain:
             warnings.warn(f"{info.path} has no CLM pre-layer: alpha has no effect", stacklevel=2)
             self._warned_plain = True
+        self.hit_max_tokens = False
         if max_tokens < 1:
             return
         with Sampler(self.model.n_vocab, sampling or SamplingParams()) as sampler:
@@ -123,6 +149,7 @@ class Decoder:
                 token = sampler.sample(logits)
                 if stop_at_end and self.model.is_end_of_generation(token):
                     return
+                self.hit_max_tokens = produced == max_tokens
                 yield token
                 if produced == max_tokens or len(self.cached) >= self.n_ctx:
                     return

@@ -10,6 +10,7 @@ the vocabulary, and the same penalties / top-k / top-p / min-p / temperature as 
 from __future__ import annotations
 
 import ctypes
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +36,8 @@ class SamplingParams:
     seed: int = RANDOM_SEED
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.temp < math.inf:
+            raise ClmError(f"temp must be 0 (greedy) or more, got {self.temp}")
         if self.top_k < 0:
             raise ClmError(f"top_k must be 0 (off) or more, got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:

@@ -111,6 +111,8 @@ class ChatSession:
                 yield piece
             if len(self.decoder.cached) >= self.decoder.n_ctx:
                 self.notify(f"the answer reached the end of the context ({self.decoder.n_ctx} tokens)")
+            elif self.decoder.hit_max_tokens:
+                self.notify(f"the answer was cut at max_tokens ({self.max_tokens} tokens)")
         finally:
             self.turns.append({"role": "assistant", "content": "".join(answer)})
 
@@ -167,15 +169,14 @@ def chat(
 
 
 def _text(model: ClmModel, tokens: Iterable[int]) -> Iterator[str]:
-    """Decode tokens into text as they come; a UTF-8 character may span several tokens."""
+    """Decode tokens into text as they come; a UTF-8 character may span several tokens. A
+    character left incomplete when the answer stops (max_tokens, end of context) is dropped
+    rather than shown as half a character."""
     utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
     for token in tokens:
         piece = utf8.decode(model.token_to_piece(token))
         if piece:
             yield piece
-    tail = utf8.decode(b"", final=True)
-    if tail:
-        yield tail
 
 
 def _check_message(message: Message) -> None:

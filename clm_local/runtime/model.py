@@ -12,23 +12,24 @@ A GGUF without `clm.*` keys loads as a plain model: alpha has no effect (one war
 from __future__ import annotations
 
 import ctypes
-import math
+import functools
 import os
+import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
 from clm_local.errors import ClmError
-from clm_local.gguf_file import field_value, open_gguf
+from clm_local.gguf_check import check_gguf
+from clm_local.gguf_header import StringArray
 from clm_local.gguf_keys import (
-    CLM_VERSION,
     KEY_ALPHA_DEFAULT,
     KEY_MIX_DEFAULT,
     KEY_PRE_LAYER_COUNT,
-    KEY_VERSION,
     MIX_MODES,
     SUPPORTED_ARCHITECTURES,
 )
@@ -36,6 +37,30 @@ from clm_local.runtime import library
 
 ALIGNED_SEQ = 0  # in logits mode: coefficient 1 (the aligned path); in embed mode: the only sequence
 REFERENCE_SEQ = 1  # in logits mode: coefficient 0 (the base model's path)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+LLAMA_VOCAB_TYPE_NONE = 0  # llama.h: a vocabulary of token ids without text
+
+NON_FINITE_CAUSES = (
+    "the file's weights probably hold NaN or Inf (see `clm-local info --check-values FILE`), "
+    "or alpha is too extreme for this model"
+)
+
+Method = TypeVar("Method", bound=Callable[..., Any])
+
+
+def _uses_context(method: Method) -> Method:
+    """Mark a method that touches the llama.cpp context: it refuses a closed model, and a second
+    thread while another one is inside any such method (llama.cpp contexts are not thread-safe)."""
+
+    @functools.wraps(method)
+    def guarded(self: ClmModel, *args: Any, **kwargs: Any) -> Any:
+        self._enter(method.__name__)
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._leave()
+
+    return guarded  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -58,50 +83,35 @@ class ModelInfo:
 
 
 def read_info(path: str | Path) -> ModelInfo:
-    """Validate the file and its clm.* keys; refuse what the runtime cannot serve, by name."""
-    reader = open_gguf(path)
-    architecture = field_value(reader, "general.architecture")
-    if not isinstance(architecture, str):
-        raise ClmError(f"{path}: no general.architecture in the GGUF metadata")
-    n_blocks = field_value(reader, f"{architecture}.block_count")
-    if not isinstance(n_blocks, int):
-        raise ClmError(f"{path}: no {architecture}.block_count in the GGUF metadata")
-    n_pre_layers = field_value(reader, KEY_PRE_LAYER_COUNT) or 0
-    version = field_value(reader, KEY_VERSION)
-    if n_pre_layers and version is not None and version > CLM_VERSION:
-        raise ClmError(f"{path}: CLM format version {version} is newer than this clm-local ({CLM_VERSION})")
+    """Validate the file (clm_local.gguf_check) and refuse what the runtime cannot serve, by name."""
+    header = check_gguf(path)
+    values = header.values
+    architecture = str(values["general.architecture"])
+    n_pre_layers = int(values.get(KEY_PRE_LAYER_COUNT, 0))
     if n_pre_layers and architecture not in SUPPORTED_ARCHITECTURES:
         raise ClmError(
             f"{path}: the CLM hook does not serve the {architecture!r} architecture "
             f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
         )
-    if n_pre_layers >= n_blocks:
-        raise ClmError(f"{path}: {n_pre_layers} pre-layers but only {n_blocks} blocks")
-    alpha_default = field_value(reader, KEY_ALPHA_DEFAULT)
-    alpha_default = 1.0 if alpha_default is None else float(alpha_default)
-    mix_default = field_value(reader, KEY_MIX_DEFAULT) or "logits"
-    if mix_default not in MIX_MODES:
-        raise ClmError(
-            f"{path}: {KEY_MIX_DEFAULT} is {mix_default!r}, expected one of {', '.join(MIX_MODES)}"
-        )
-    tokens = reader.get_field("tokenizer.ggml.tokens")
-    n_vocab = len(tokens.data) if tokens is not None else field_value(reader, f"{architecture}.vocab_size")
+    tokens = values.get("tokenizer.ggml.tokens")
+    n_vocab = tokens.count if isinstance(tokens, StringArray) else values.get(f"{architecture}.vocab_size", 0)
     return ModelInfo(
         path=str(path),
-        name=field_value(reader, "general.name"),
+        name=values.get("general.name"),
         architecture=architecture,
-        n_blocks=n_blocks,
-        n_pre_layers=int(n_pre_layers),
-        alpha_default=alpha_default,
-        mix_default=mix_default,
-        n_vocab=int(n_vocab or 0),
-        n_ctx_train=int(field_value(reader, f"{architecture}.context_length") or 0),
+        n_blocks=int(values[f"{architecture}.block_count"]),
+        n_pre_layers=n_pre_layers,
+        alpha_default=float(values.get(KEY_ALPHA_DEFAULT, 1.0)),
+        mix_default=str(values.get(KEY_MIX_DEFAULT, "logits")),
+        n_vocab=int(n_vocab),
+        n_ctx_train=int(values.get(f"{architecture}.context_length", 0)),
     )
 
 
 def check_alpha(alpha: float) -> float:
+    """alpha as a float, refused unless finite in float32 (llama.cpp's type for it)."""
     alpha = float(alpha)
-    if not math.isfinite(alpha):
+    if not abs(alpha) <= FLOAT32_MAX:
         raise ClmError(f"alpha must be a finite number, got {alpha}")
     return alpha
 
@@ -118,6 +128,11 @@ class ClmModel:
     `n_ctx` is the context of one conversation (one sequence). A CLM model reserves it for each
     of its two sequences (aligned and reference), so the KV cache holds 2 * n_ctx positions.
     `n_sequences` overrides that count: 1 for embed mode only, more for parallel sampling.
+
+    One thread at a time: a call from a second thread while the first is inside a method raises
+    ClmError (a server owns the model from one thread). Every method of a closed model raises
+    ClmError. `cache_version` changes whenever the KV cache does, so that a Decoder can tell
+    that someone else used the model since its last step.
     """
 
     def __init__(
@@ -130,14 +145,26 @@ class ClmModel:
         n_batch: int = 512,
         n_sequences: int | None = None,
     ) -> None:
+        self._model = self._context = self._batch = None
+        self._guard = threading.Lock()  # protects _owner and _depth, held only briefly
+        self._owner: int | None = None  # the thread inside a context-touching method
+        self._depth = 0
+        self.cache_version = 0
         self.info = read_info(path)
         if n_ctx < 1 or n_batch < 1:
             raise ClmError("n_ctx and n_batch must be positive")
+        if n_threads is not None and n_threads < 1:
+            raise ClmError(f"n_threads must be at least 1, got {n_threads}")
+        if n_gpu_layers < 0:
+            raise ClmError(f"n_gpu_layers must be 0 or more (99: all layers), got {n_gpu_layers}")
         self._llama = library.llama()
-        self._model = None
-        self._context = None
-        self._batch = None
         self._warned_plain = False
+        if n_gpu_layers and not self._llama.llama_supports_gpu_offload():
+            warnings.warn(
+                f"n_gpu_layers={n_gpu_layers} has no effect: this llama.cpp build has no GPU backend "
+                "(clm-local runtime install --backend cuda or metal)",
+                stacklevel=2,
+            )
 
         model_params = self._llama.llama_model_default_params()
         model_params.n_gpu_layers = n_gpu_layers
@@ -166,9 +193,11 @@ class ClmModel:
         self._memory = self._llama.llama_get_memory(self._context)
         self._vocab = self._llama.llama_model_get_vocab(self._model)
         self.n_vocab = int(self._llama.llama_vocab_n_tokens(self._vocab))
+        self.has_text_vocabulary = self._llama.llama_vocab_type(self._vocab) != LLAMA_VOCAB_TYPE_NONE
 
     # -- the public API ------------------------------------------------------------------------
 
+    @_uses_context
     def logits(
         self, token_ids: Sequence[int], alpha: float | None = None, mode: str | None = None
     ) -> np.ndarray:
@@ -190,7 +219,7 @@ class ClmModel:
         self.set_alpha(ALIGNED_SEQ, 1.0)
         self.set_alpha(REFERENCE_SEQ, 0.0)
         out = self.decode({ALIGNED_SEQ: tokens, REFERENCE_SEQ: tokens}, all_logits=True)
-        return mix_logits(out[ALIGNED_SEQ], out[REFERENCE_SEQ], alpha)
+        return check_finite(mix_logits(out[ALIGNED_SEQ], out[REFERENCE_SEQ], alpha))
 
     def chat(
         self,
@@ -209,6 +238,7 @@ class ClmModel:
 
     # -- building blocks for chat and benchmarks --------------------------------------------------
 
+    @_uses_context
     def check_tokens(self, token_ids: Sequence[int]) -> list[int]:
         tokens = [int(t) for t in token_ids]
         if not tokens:
@@ -218,26 +248,35 @@ class ClmModel:
             raise ClmError(f"token id {bad[0]} is out of range (vocabulary of {self.n_vocab})")
         return tokens
 
+    @_uses_context
     def reset(self) -> None:
         """Empty the KV cache of every sequence."""
+        self.cache_version += 1
         self._llama.llama_memory_clear(self._memory, True)
 
+    @_uses_context
     def forget_after(self, seq_id: int, position: int) -> None:
         """Drop a sequence's cached positions from `position` on."""
+        self.cache_version += 1
         if not self._llama.llama_memory_seq_rm(self._memory, seq_id, position, -1):
             raise ClmError(f"llama.cpp could not drop positions {position}.. of sequence {seq_id}")
 
+    @_uses_context
     def next_position(self, seq_id: int) -> int:
         """The position after the last one cached for the sequence (0 when empty)."""
         return int(self._llama.llama_memory_seq_pos_max(self._memory, seq_id)) + 1
 
+    @_uses_context
     def set_alpha(self, seq_id: int, alpha: float) -> None:
         """The pre-layer coefficient of a sequence, from its next decoded token on."""
+        self.cache_version += 1
         library.set_pre_layer_alpha(self._context, seq_id, check_alpha(alpha))
 
+    @_uses_context
     def get_alpha(self, seq_id: int) -> float:
         return library.get_pre_layer_alpha(self._context, seq_id)
 
+    @_uses_context
     def decode(
         self, tokens_by_seq: dict[int, list[int]], *, all_logits: bool = False
     ) -> dict[int, np.ndarray]:
@@ -249,6 +288,7 @@ class ClmModel:
         """
         if not tokens_by_seq:
             return {}
+        self.cache_version += 1
         starts = {seq: self.next_position(seq) for seq in tokens_by_seq}
         for seq, tokens in tokens_by_seq.items():
             needed = starts[seq] + len(tokens)
@@ -277,6 +317,7 @@ class ClmModel:
             if n_out:
                 pointer = self._llama.llama_get_logits(self._context)
                 block = np.ctypeslib.as_array(pointer, shape=(n_out, self.n_vocab))
+                check_finite(block)
                 row = 0
                 for seq, count in wanted:
                     rows[seq].append(block[row : row + count].copy())
@@ -301,6 +342,7 @@ class ClmModel:
 
     # -- text: tokenizer, special tokens, chat template --------------------------------------------
 
+    @_uses_context
     def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = False) -> list[int]:
         """Token ids of `text`.
 
@@ -308,6 +350,7 @@ class ClmModel:
         by the model's own chat template: the template writes them). parse_special reads markers
         such as `<|im_start|>` as their special tokens instead of as plain text.
         """
+        self._require_text_vocabulary()
         data = text.encode("utf-8")
         capacity = len(data) + 2  # a token is at least one byte, plus room for BOS and EOS
         for _ in range(2):  # a negative count is the capacity actually needed
@@ -320,9 +363,13 @@ class ClmModel:
             capacity = -count
         raise ClmError(f"llama.cpp could not tokenize a text of {len(data)} bytes")
 
+    @_uses_context
     def token_to_piece(self, token: int, *, special: bool = False) -> bytes:
         """The bytes of one token. A piece can end inside a UTF-8 character: decode a stream of
         pieces incrementally, not piece by piece. special renders control tokens such as EOS."""
+        self._require_text_vocabulary()
+        if not 0 <= token < self.n_vocab:
+            raise ClmError(f"token id {token} is out of range (vocabulary of {self.n_vocab})")
         buffer = ctypes.create_string_buffer(64)
         count = self._llama.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, special)
         if count < 0:
@@ -330,27 +377,63 @@ class ClmModel:
             count = self._llama.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, special)
         return buffer.raw[:count]
 
+    @_uses_context
     def special_token(self, which: str) -> str:
         """The text of the "bos" or "eos" token ("" when the vocabulary has none), for templates."""
         lookup = {"bos": self._llama.llama_vocab_bos, "eos": self._llama.llama_vocab_eos}[which]
         token = int(lookup(self._vocab))
-        if token == self._llama.LLAMA_TOKEN_NULL:
+        if token == self._llama.LLAMA_TOKEN_NULL or not self.has_text_vocabulary:
             return ""
         return self.token_to_piece(token, special=True).decode("utf-8", errors="replace")
 
+    @_uses_context
     def is_end_of_generation(self, token: int) -> bool:
         """Whether the token ends an answer (EOS, end-of-turn, ...), as the vocabulary declares."""
         return bool(self._llama.llama_vocab_is_eog(self._vocab, token))
 
+    @_uses_context
     def chat_template(self) -> str | None:
         """The Jinja chat template stored in the GGUF (`tokenizer.chat_template`), if any."""
         template = self._llama.llama_model_chat_template(self._model, None)
         return template.decode("utf-8") if template else None
 
-    # -- lifetime -------------------------------------------------------------------------------
+    def _require_text_vocabulary(self) -> None:
+        if not self.has_text_vocabulary:
+            raise ClmError(
+                f"{self.info.path} has no tokenizer (tokenizer.ggml.model none): it takes token ids only"
+            )
+
+    # -- lifetime and ownership -------------------------------------------------------------------
+
+    def _enter(self, method: str) -> None:
+        if self._context is None:
+            raise ClmError("this model is closed (load it again)")
+        me = threading.get_ident()
+        with self._guard:
+            if self._owner not in (None, me):
+                raise ClmError(
+                    f"this model is in use by another thread ({method} refused); a model serves one thread "
+                    "at a time (load one model per thread, or call it from one thread)"
+                )
+            self._owner = me
+            self._depth += 1
+
+    def _leave(self) -> None:
+        with self._guard:
+            self._depth -= 1
+            if not self._depth:
+                self._owner = None
 
     def close(self) -> None:
-        """Free the llama.cpp context and model (also done when the object is collected)."""
+        """Free the llama.cpp context and model (also done when the object is collected).
+        Closing twice is harmless; closing while another thread uses the model raises ClmError."""
+        with self._guard:
+            if self._owner not in (None, threading.get_ident()):
+                raise ClmError("close: this model is in use by another thread")
+            self._free()
+
+    def _free(self) -> None:
+        self.cache_version += 1
         if self._batch is not None:
             self._llama.llama_batch_free(self._batch)
             self._batch = None
@@ -369,12 +452,21 @@ class ClmModel:
 
     def __del__(self) -> None:
         if getattr(self, "_llama", None) is not None:
-            self.close()
+            self._free()  # nothing can be inside a method of an object being collected
+
+
+def check_finite(logits: np.ndarray) -> np.ndarray:
+    """The logits, or ClmError when any is NaN or Inf (sampling from them would be silent garbage)."""
+    if not np.isfinite(logits).all():
+        raise ClmError(f"the model produced non-finite logits (NaN or Inf): {NON_FINITE_CAUSES}")
+    return logits
 
 
 def mix_logits(z_aligned: np.ndarray, z_reference: np.ndarray, alpha: float) -> np.ndarray:
-    """The paper's merge after the LM head: alpha * z_aligned + (1 - alpha) * z_ref."""
-    return alpha * z_aligned + (1.0 - alpha) * z_reference
+    """The paper's merge after the LM head: alpha * z_aligned + (1 - alpha) * z_ref. An overflow
+    gives Inf or NaN quietly here; check_finite turns it into an error."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return alpha * z_aligned + (1.0 - alpha) * z_reference
 
 
 # `clm_local.load(path, n_ctx=..., n_threads=..., n_gpu_layers=...)` reads as a verb; it is the class.

@@ -146,27 +146,58 @@ def truncate(example: Example, max_length: int) -> tuple[Example, bool]:
     return Example(prompt, tuple(response[:room] for response in example.responses)), True
 
 
-def read_jsonl(path: Path, skip_bad_lines: bool) -> tuple[list[tuple[int, object]], int]:
-    """(line number, parsed JSON) for each non-blank line, and how many bad lines were skipped."""
+def read_jsonl(
+    path: Path, skip_bad_lines: bool, *, report: bool = True
+) -> tuple[list[tuple[int, object]], int]:
+    """(line number, parsed JSON) for each non-blank line, and how many bad lines were skipped
+    (each one logged if `report`)."""
     if not path.is_file():
         raise ClmError(f"data file {path} does not exist")
     records, skipped = [], 0
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    try:
+        handle = path.open("rb")
+    except OSError as error:
+        raise ClmError(f"cannot read data file {path}: {error.strerror or error}") from None
+    with handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                reason = f"not UTF-8 text (byte {raw[error.start]:#04x} at column {error.start + 1})"
+                skipped += _bad_line(path, number, reason, skip_bad_lines, report)
+                continue
             if not line.strip():
                 continue
             try:
                 records.append((number, json.loads(line)))
             except json.JSONDecodeError as error:
-                skipped += _bad_line(path, number, f"not valid JSON ({error.msg})", skip_bad_lines)
+                skipped += _bad_line(path, number, f"not valid JSON ({error.msg})", skip_bad_lines, report)
     return records, skipped
 
 
-def _bad_line(path: Path, number: int, reason: str, skip: bool) -> int:
+def check_data(path: str | Path, objective: str, skip_bad_lines: bool = False) -> int:
+    """Read and validate a JSONL file for `objective` without a tokenizer, in a fraction of a
+    second: the number of usable records, or ClmError for the first bad line (as load_dataset)."""
+    path = Path(path)
+    records, _ = read_jsonl(path, skip_bad_lines, report=False)  # load_dataset reports skipped lines
+    usable = 0
+    for number, record in records:
+        try:
+            record_turns(record, objective)
+            usable += 1
+        except BadRecord as error:
+            _bad_line(path, number, str(error), skip_bad_lines, report=False)
+    if not usable:
+        raise ClmError(f"{path} holds no usable examples")
+    return usable
+
+
+def _bad_line(path: Path, number: int, reason: str, skip: bool, report: bool = True) -> int:
     """Stop on a bad line, or (with --skip-bad-lines) warn and count it."""
     if not skip:
         raise ClmError(f"{path}:{number}: {reason} (use --skip-bad-lines to skip such lines)")
-    log.warning("skipping %s:%d: %s", path, number, reason)
+    if report:
+        log.warning("skipping %s:%d: %s", path, number, reason)
     return 1
 
 

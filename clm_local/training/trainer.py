@@ -47,6 +47,7 @@ from clm_local.training.clm_block import (
 )
 from clm_local.training.data import Dataset, collate, load_dataset
 from clm_local.training.devices import dtype_name, resolve_device, resolve_dtype
+from clm_local.training.inputs import check_inputs, removed_if_left_empty
 from clm_local.training.objectives import dpo_terms, response_logprobs
 
 log = logging.getLogger(__name__)
@@ -425,6 +426,10 @@ def train(
     """Train the CLM pre-layer on `base` with the JSONL `data`; write the checkpoint to `output`.
 
     `base` is a Hugging Face model folder or a GGUF file (Llama and Qwen2 families). Raises ClmError
-    with a one-line message for every expected failure.
+    with a one-line message for every expected failure; bad inputs fail before anything slow, and a
+    failed run leaves no empty output folder behind.
     """
-    return Trainer(base, data, output, options or TrainOptions()).run()
+    options = options or TrainOptions()
+    check_inputs(base, data, options)
+    with removed_if_left_empty(Path(output)):
+        return Trainer(base, data, output, options).run()

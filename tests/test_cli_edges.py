@@ -1,0 +1,154 @@
+"""The command line as a new user meets it: a closed pipe, Ctrl-C, typos in numbers, settings that
+cannot work, an answer cut short, half characters, the help text, and the README's own examples.
+All on the real default model and the installed command."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from clm_local import default_model
+
+CLM_LOCAL = str(Path(sys.executable).with_name("clm-local"))
+README = Path(__file__).resolve().parents[1] / "README.md"
+FAST = ["--temp", "0", "--threads", "1", "--ctx", "512"]
+LONG_QUESTION = "Write a long story about a lighthouse keeper and the sea."
+
+
+def clm_local_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CLM_LOCAL, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    stderr = tmp_path / "stderr.txt"
+    script = (
+        f"{CLM_LOCAL} chat --prompt '{LONG_QUESTION}' --max-tokens 300 {' '.join(FAST)} 2> {stderr}"
+        " | head -c 20 > /dev/null; exit ${PIPESTATUS[0]}"
+    )
+    result = subprocess.run(["bash", "-c", script], timeout=300)
+    assert result.returncode in (0, 141)
+    assert stderr.read_text() == ""
+
+
+def test_ctrl_c_in_a_one_shot_answer_ends_the_line() -> None:
+    child = subprocess.Popen(
+        [CLM_LOCAL, "chat", "--prompt", LONG_QUESTION, "--max-tokens", "400", *FAST],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    first = child.stdout.read(8)  # the answer has started
+    time.sleep(0.2)
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=120)
+    assert first and (first + out).endswith(b"\n")
+    assert child.returncode == 130
+    assert err.decode().strip().splitlines()[-1] == "interrupted"
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["chat", "--alpha", "abc"], "error: Invalid value for '--alpha': "),
+        (["chat", "--max-tokens", "1.5"], "error: Invalid value for '--max-tokens': "),
+        (["chat", "--nope"], "error: No such option: --nope"),
+        (["info"], "error: Missing argument"),
+    ],
+)
+def test_a_mistyped_command_line_is_one_line(args: list[str], expected: str) -> None:
+    result = clm_local_cli(*args)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith(expected), result.stderr
+    assert "--help" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--temp", "-1"], "error: temp must be 0 (greedy) or more, got -1.0"),
+        (["--threads", "-1"], "error: n_threads must be at least 1, got -1"),
+        (["--n-gpu-layers", "-3"], "error: n_gpu_layers must be 0 or more (99: all layers), got -3"),
+    ],
+)
+def test_settings_that_cannot_work_are_refused(args: list[str], expected: str) -> None:
+    result = clm_local_cli("chat", "--prompt", "hi", *args)
+    assert result.returncode == 1
+    assert result.stderr.strip() == expected
+
+
+def test_gpu_layers_on_a_cpu_build_are_explained() -> None:
+    from clm_local.runtime import library
+
+    if library.status().gpu_offload:
+        pytest.skip("this runtime has a GPU backend")
+    result = clm_local_cli("chat", "--prompt", "hi", "--max-tokens", "2", "--n-gpu-layers", "99", *FAST)
+    assert result.returncode == 0, result.stderr
+    assert "warning: n_gpu_layers=99 has no effect: this llama.cpp build has no GPU backend" in result.stderr
+
+
+def test_an_answer_cut_by_max_tokens_says_so_on_stderr() -> None:
+    result = clm_local_cli("chat", "--prompt", LONG_QUESTION, "--max-tokens", "5", *FAST)
+    assert result.returncode == 0, result.stderr
+    assert "note: the answer was cut at max_tokens (5 tokens)" in result.stderr
+    assert "cut at" not in result.stdout
+
+
+def test_no_character_is_cut_in_half() -> None:
+    """A byte-level vocabulary spells some characters over several tokens; an answer that stops
+    after the first of them must not end in half a character (or U+FFFD)."""
+    import clm_local
+    from clm_local.chat.session import _text
+
+    with clm_local.load(default_model.base_model_path(), n_ctx=64, n_threads=1) as model:
+        pieces = {token: model.token_to_piece(token) for token in range(model.n_vocab)}
+        lead = next(t for t, p in pieces.items() if len(p) == 1 and 0xC2 <= p[0] <= 0xDF)
+        tail = next(t for t, p in pieces.items() if len(p) == 1 and 0x80 <= p[0] <= 0xBF)
+        whole = (pieces[lead] + pieces[tail]).decode()
+        assert "".join(_text(model, [lead, tail])) == whole
+        assert "".join(_text(model, [lead])) == ""
+        cut = "".join(_text(model, [*model.tokenize("café au lait", add_special=False), lead]))
+        assert cut == "café au lait" and "\ufffd" not in cut
+
+
+@pytest.mark.parametrize("command", ["chat", "train", "convert", "info", "bench", "recipe"])
+def test_help_shows_no_type_placeholders_on_flags(command: str) -> None:
+    result = clm_local_cli(command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "<bool>" not in result.stdout and "╭" not in result.stdout
+
+
+def test_the_readme_python_snippet_runs_as_written(tmp_path: Path) -> None:
+    section = README.read_text().split("## Python API", 1)[1]
+    snippet = re.search(r"```python\n(.*?)```", section, re.S)[1]
+    result = subprocess.run(
+        [sys.executable, "-c", snippet],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ModelInfo(" in result.stdout
+
+
+def test_the_readme_quantize_example_on_the_default_model_says_what_base_it_needs(tmp_path: Path) -> None:
+    """The README's `convert ckpt/ model.gguf --quantize Q4_K_M` with the default model's own P and
+    base (Q4_1): one line saying what base it needs, before any work, and no output."""
+    shipped = Path(default_model.__file__).with_name("default_pre_layer")
+    base = default_model.base_model_path()
+    out = tmp_path / "model.gguf"
+    result = clm_local_cli("convert", str(shipped), str(out), "--base", str(base), "--quantize", "Q4_K_M")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"error: --quantize Q4_K_M: {base} is already quantized (Q4_1, Q6_K); quantize from an F16, BF16 "
+        "or F32 base, or leave --quantize off (the base's types are kept)"
+    )
+    assert list(tmp_path.iterdir()) == []
+    assert "F16/BF16/F32 base" in next(line for line in README.read_text().splitlines() if "Q4_K_M" in line)

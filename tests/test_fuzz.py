@@ -1,0 +1,87 @@
+"""A seeded, bounded fuzz: 300 mutated copies of the tests' tiny GGUFs through `clm-local info`
+(text, and JSON with --check-values) and `load` + `logits` (+ tokenize where there is text), in
+child processes with a time and memory limit. No case may kill its process, hang, end in a
+traceback, or return non-finite logits. `make fuzz` runs the same with thousands of cases.
+
+Crashers found by the long run are kept below as the recipes that make them (no binary files).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from fuzz_runner import fuzz, is_failure, summarize, write_bases
+from gguf_mutations import recipes
+
+CASES = 300
+SEED = 20261128
+
+EPS = "llama.attention.layer_norm_rms_epsilon"
+# Mutations that once crashed or hung something, as found; each must now end in "refused" or "ok".
+REGRESSIONS: list[dict] = [
+    {"base": "llama_bpe", "op": "set", "key": "tokenizer.ggml.model", "type": 8, "value": "llama"},
+    {"base": "llama_bpe", "op": "set", "key": "tokenizer.ggml.model", "type": 8, "value": "none"},
+    {"base": "qwen2_clm", "op": "set", "key": "qwen2.rope.dimension_count", "type": 4, "value": 4},
+    {"base": "llama_clm", "op": "set", "key": "llama.block_count", "type": 4, "value": 513},
+    {"base": "llama_clm", "op": "set", "key": EPS, "type": 6, "value": "nan"},
+    {"base": "llama_clm", "op": "set", "key": "clm.pre_layer_count", "type": 4, "value": 2147483648},
+    {"base": "llama_clm", "op": "type_tag", "key": "general.architecture", "type": 9},
+    {"base": "llama_bpe", "op": "set", "key": "tokenizer.chat_template", "type": 8, "value": "b:7bc3287d"},
+    {"base": "qwen2_clm", "op": "nan_weights", "index": 0},
+]
+
+
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, bytes], dict[str, str]]:
+    return write_bases(tmp_path_factory.mktemp("fuzz-bases"))
+
+
+def _failures(outcomes: list[tuple[dict, str]]) -> list[str]:
+    return [f"{status}: {json.dumps(recipe)}" for recipe, status in outcomes if is_failure(status)]
+
+
+def test_known_crashers_are_refused_cleanly(bases, tmp_path: Path) -> None:
+    files, _ = bases
+    chosen = [recipe for recipe in REGRESSIONS if recipe["base"] in files]
+    outcomes = fuzz(chosen, files, tmp_path)
+    assert not _failures(outcomes)
+    assert {status for _, status in outcomes} == {"refused"}
+
+
+def test_seeded_fuzz_has_no_crash_hang_traceback_or_nan(bases, tmp_path: Path) -> None:
+    files, archs = bases
+    outcomes = fuzz(recipes(SEED, CASES, files, archs), files, tmp_path)
+    counts = summarize([status for _, status in outcomes])
+    assert len(outcomes) == CASES
+    assert not _failures(outcomes), counts
+    assert counts.get("refused", 0) > CASES // 2 and counts.get("ok", 0) > 0  # the fuzz reaches both ends
+
+
+FAKE_CHILD = """
+import json, os, signal, sys, time
+for line in sys.stdin:
+    index, path = json.loads(line)
+    print(f"BEGIN {index}", flush=True)
+    if path.endswith("crash"):
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if path.endswith("hang"):
+        time.sleep(60)
+    print(f"END {index} refused", flush=True)
+"""
+
+
+def test_the_harness_attributes_crashes_and_hangs_to_their_case(tmp_path: Path) -> None:
+    """Guards the tests above: a child that dies or hangs is reported as that case's failure,
+    and the cases after it still run."""
+    from fuzz_runner import run_cases
+
+    names = ["a", "crash", "b", "hang", "c"]
+    statuses = run_cases(
+        [tmp_path / name for name in names],
+        case_timeout_s=3,
+        child_command=[sys.executable, "-c", FAKE_CHILD],
+    )
+    assert statuses == ["refused", "signal 11", "refused", "timeout", "refused"]

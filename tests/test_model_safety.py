@@ -1,0 +1,207 @@
+"""Using a model wrongly ends in a ClmError, never a crash or silent garbage: after close(), from a
+stale Decoder, from two threads at once, with NaN weights or an overflowing alpha.
+
+Each case that used to kill the process runs in a child process, so a regression fails the test
+instead of taking pytest down with it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gguf_mutations import apply
+from tiny_gguf import make_tiny_model
+
+import clm_local
+from clm_local import ClmError
+from clm_local.chat import SamplingParams
+from clm_local.chat.generation import Decoder
+from clm_local.runtime import library
+
+TOKENS = [1, 5, 17, 42]
+
+
+@pytest.fixture(scope="module")
+def clm_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model("qwen2", seed=3).write(tmp_path_factory.mktemp("safety") / "clm.gguf")
+
+
+def run_child(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        "model.logits([1, 2])",
+        "model.decode({0: [1]})",
+        "model.reset()",
+        "model.set_alpha(0, 0.5)",
+        "model.next_position(0)",
+        "model.tokenize('hi')",
+        "model.token_to_piece(1)",
+        "model.chat_template()",
+        "model.is_end_of_generation(1)",
+        "model.chat([{'role': 'user', 'content': 'hi'}], stream=False)",
+    ],
+)
+def test_every_method_of_a_closed_model_raises(clm_file: Path, call: str) -> None:
+    """These used to end the process with SIGSEGV or SIGABRT."""
+    result = run_child(
+        f"""
+        import clm_local
+        from clm_local import ClmError
+        with clm_local.load({str(clm_file)!r}, n_ctx=32, n_threads=1) as model:
+            model.logits([1, 2])
+        try:
+            {call}
+        except ClmError as error:
+            print("refused:", error)
+        """
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "refused: this model is closed (load it again)"
+
+
+def test_closing_twice_is_harmless(clm_file: Path) -> None:
+    model = clm_local.load(clm_file, n_ctx=32, n_threads=1)
+    model.close()
+    model.close()
+
+
+def test_a_stale_decoder_primes_again_instead_of_decoding_from_position_zero(clm_file: Path) -> None:
+    with clm_local.load(clm_file, n_ctx=64, n_threads=1) as model:
+        decoder = Decoder(model)
+        fresh = decoder.prefill(TOKENS, 0.5, "logits")
+        model.logits([3, 4, 5])  # resets the cache under the decoder's feet
+        assert decoder.is_stale
+        again = decoder.prefill(TOKENS + [7], 0.5, "logits")
+        expected = Decoder(model).prefill(TOKENS + [7], 0.5, "logits")
+        np.testing.assert_allclose(again, expected, rtol=1e-5, atol=1e-5)
+        assert not np.allclose(fresh, again)  # guards the comparison: another position, other logits
+
+
+def test_a_generation_interrupted_by_another_user_of_the_model_raises(clm_file: Path) -> None:
+    with clm_local.load(clm_file, n_ctx=64, n_threads=1) as model:
+        tokens = Decoder(model).generate(
+            TOKENS, 1.0, "logits", SamplingParams(temp=0.0), 8, stop_at_end=False
+        )
+        next(tokens)
+        model.logits([3, 4])
+        with pytest.raises(ClmError, match="used by something else during this generation"):
+            next(tokens)
+
+
+def test_a_chat_session_survives_another_session_on_the_same_model(clm_file: Path) -> None:
+    """Two sessions sharing a model take turns: each re-primes its cache when the other used it."""
+    with clm_local.load(clm_file, n_ctx=128, n_threads=1) as model:
+        greedy = SamplingParams(temp=0.0)
+        first = Decoder(model)
+        alone = list(first.generate(TOKENS, 1.0, "logits", greedy, 6, stop_at_end=False))
+        other = Decoder(model)
+        list(other.generate([9, 9, 9], 1.0, "logits", greedy, 6, stop_at_end=False))
+        again = list(first.generate(TOKENS, 1.0, "logits", greedy, 6, stop_at_end=False))
+        assert again == alone
+
+
+def test_a_second_thread_is_refused_while_the_first_uses_the_model(clm_file: Path) -> None:
+    with clm_local.load(clm_file, n_ctx=64, n_threads=1) as model:
+        inside = threading.Event()
+        release = threading.Event()
+        original = model._llama.llama_decode
+
+        def slow_decode(*args: object) -> int:  # hold the first thread inside decode
+            inside.set()
+            release.wait(10)
+            return original(*args)
+
+        model._llama.llama_decode = slow_decode
+        errors: list[BaseException] = []
+        first = threading.Thread(target=lambda: model.logits(TOKENS))
+        first.start()
+        try:
+            assert inside.wait(10)
+            for call in (lambda: model.logits(TOKENS), lambda: model.tokenize("x"), model.close):
+                try:
+                    call()
+                except ClmError as error:
+                    errors.append(error)
+        finally:
+            release.set()
+            first.join()
+            model._llama.llama_decode = original
+        assert len(errors) == 3
+        assert all("in use by another thread" in str(error) for error in errors)
+        assert model.logits(TOKENS).shape == (len(TOKENS), model.n_vocab)  # free again afterwards
+
+
+def test_one_thread_after_another_is_fine(clm_file: Path) -> None:
+    with clm_local.load(clm_file, n_ctx=64, n_threads=1) as model:
+        results = []
+        for _ in range(2):
+            worker = threading.Thread(target=lambda: results.append(model.logits(TOKENS)))
+            worker.start()
+            worker.join()
+        np.testing.assert_allclose(results[0], results[1])
+
+
+def test_nan_weights_raise_instead_of_returning_nan(clm_file: Path, tmp_path: Path) -> None:
+    """The file is valid in structure; only its values are bad, so only the logits can tell."""
+    poisoned = tmp_path / "nan.gguf"
+    poisoned.write_bytes(
+        apply({"base": "clm", "op": "nan_weights", "index": 0}, {"clm": clm_file.read_bytes()})
+    )
+    with clm_local.load(poisoned, n_ctx=32, n_threads=1) as model:
+        with pytest.raises(ClmError, match="non-finite logits .* --check-values"):
+            model.logits(list(range(8)))
+        with pytest.raises(ClmError, match="non-finite logits"):
+            list(Decoder(model).generate(list(range(8)), 1.0, "logits", SamplingParams(temp=0.0), 4))
+
+
+def test_an_overflowing_alpha_raises_instead_of_sampling_garbage(clm_file: Path) -> None:
+    with clm_local.load(clm_file, n_ctx=32, n_threads=1) as model:
+        with pytest.raises(ClmError, match="alpha is too extreme"):
+            model.logits(TOKENS, alpha=3e38, mode="logits")
+
+
+def test_text_on_a_model_without_a_tokenizer_is_refused(clm_file: Path) -> None:
+    """The tiny files have `tokenizer.ggml.model = none`: llama.cpp aborted on the first tokenize."""
+    result = run_child(
+        f"""
+        import clm_local
+        from clm_local import ClmError
+        model = clm_local.load({str(clm_file)!r}, n_ctx=32, n_threads=1)
+        for call in (lambda: model.tokenize("hi"), lambda: model.token_to_piece(1)):
+            try:
+                call()
+            except ClmError as error:
+                print("refused:", error)
+        """
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("has no tokenizer (tokenizer.ggml.model none)") == 2
+
+
+def test_settings_that_cannot_work_are_refused_before_loading(clm_file: Path) -> None:
+    with pytest.raises(ClmError, match="n_threads must be at least 1"):
+        clm_local.load(clm_file, n_threads=-1)
+    with pytest.raises(ClmError, match="n_gpu_layers must be 0 or more"):
+        clm_local.load(clm_file, n_gpu_layers=-1)
+
+
+def test_gpu_layers_on_a_cpu_build_are_explained(clm_file: Path) -> None:
+    if library.status().gpu_offload:
+        pytest.skip("this runtime has a GPU backend")
+    started = time.monotonic()
+    with pytest.warns(UserWarning, match="no GPU backend"):
+        clm_local.load(clm_file, n_ctx=32, n_threads=1, n_gpu_layers=99).close()
+    assert time.monotonic() - started < 60
