@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from clm_local.cli.pipes import reader_may_leave
 
 if TYPE_CHECKING:
     from clm_local.runtime.model import ClmModel
@@ -118,6 +119,8 @@ def chat(
         )
         if text is not None:
             _print_answer(session.ask(text.strip()))
+            if session.answer_was_cut:
+                _note(f"the answer was cut at --max-tokens {max_tokens}")
             return
         info = loaded.info
         kind = (
@@ -148,13 +151,14 @@ def demo(
             f"{prompt!r}, greedy: alpha 0 is the base model, {default:g} the file's default, "
             f"{2 * default:g} pushes further"
         )
-        for alpha in (0.0, default, 2 * default):
-            session.reset()
-            session.set_alpha(alpha)
-            print(f"alpha={alpha:g} ({session.mode}): ", end="", flush=True)
-            for piece in session.ask(prompt):
-                print(piece.replace("\n", " "), end="", flush=True)
-            print()
+        with reader_may_leave():
+            for alpha in (0.0, default, 2 * default):
+                session.reset()
+                session.set_alpha(alpha)
+                print(f"alpha={alpha:g} ({session.mode}): ", end="", flush=True)
+                for piece in session.ask(prompt):
+                    print(piece.replace("\n", " "), end="", flush=True)
+                print()
 
 
 def _load(path: Path | None, *, ctx: int, threads: int | None, n_gpu_layers: int) -> ClmModel:
@@ -174,15 +178,17 @@ def _load(path: Path | None, *, ctx: int, threads: int | None, n_gpu_layers: int
 
 
 def _print_answer(pieces: Iterator[str]) -> None:
-    """Stream an answer to stdout and end its line, also when Ctrl-C stops it half way."""
-    try:
-        for piece in pieces:
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-    finally:
-        with suppress(BrokenPipeError):  # the reader is gone: nothing left to end
-            sys.stdout.write("\n")
-            sys.stdout.flush()
+    """Stream an answer to stdout and end its line, also when Ctrl-C stops it half way; quietly
+    stop when the reader of stdout leaves."""
+    with reader_may_leave():
+        try:
+            for piece in pieces:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        finally:
+            with suppress(BrokenPipeError):  # the reader is gone: nothing left to end
+                sys.stdout.write("\n")
+                sys.stdout.flush()
 
 
 def _note(message: str) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from clm_local.cli.pipes import reader_may_leave
 
 
 def register(app: typer.Typer) -> None:
@@ -92,4 +93,5 @@ def info(
     from clm_local.converters.info import format_info, read_info
 
     details = read_info(file, check_values=check_values)
-    typer.echo(json.dumps(details.to_json(), indent=2) if as_json else format_info(details))
+    with reader_may_leave():
+        typer.echo(json.dumps(details.to_json(), indent=2) if as_json else format_info(details))

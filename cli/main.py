@@ -7,7 +7,6 @@ command line (`--alpha abc`) is one `error: ...` line too, with exit code 2.
 
 from __future__ import annotations
 
-import os
 import sys
 
 import typer
@@ -23,7 +22,7 @@ except ImportError:
 # `clm-local` alone shows the help through this error in click 8.2 and later (nothing earlier).
 NoArgsIsHelp = getattr(click_exceptions, "NoArgsIsHelpError", ())
 
-EXIT_BROKEN_PIPE = 141  # what a shell reports for a process ended by SIGPIPE
+EXIT_INTERRUPTED = 130  # what a shell reports for a process ended by Ctrl-C (SIGINT)
 
 app = typer.Typer(
     help="Alignment control (CLM) for local models: train a pre-layer, convert it into one GGUF, "
@@ -50,11 +49,10 @@ def run() -> None:
     except click_exceptions.UsageError as error:
         command = error.ctx.command_path if error.ctx else "clm-local"
         _exit(f"error: {error.format_message()} (see {command} --help)", 2)
-    except (KeyboardInterrupt, typer.Abort):
-        _exit("interrupted", 130)
-    except BrokenPipeError:  # `clm-local chat ... | head`: the reader has all it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error when Python exits
-        sys.exit(EXIT_BROKEN_PIPE)
+    except (KeyboardInterrupt, typer.Abort):  # typer before 0.2x turns Ctrl-C into Abort
+        code = EXIT_INTERRUPTED
+    if code == EXIT_INTERRUPTED:  # recent typer returns 130 for Ctrl-C, silently
+        _exit("interrupted", EXIT_INTERRUPTED)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -32,6 +32,7 @@ from clm_local.gguf_keys import (
     KEY_PRE_LAYER_COUNT,
     KEY_VERSION,
     MIX_MODES,
+    SUPPORTED_ARCHITECTURES,
 )
 
 MAX_LAYERS = 512  # LLAMA_MAX_LAYERS (llama-hparams.h)
@@ -148,10 +149,10 @@ def check_header(header: GgufHeader) -> None:
     n_layer = values.integer(f"{arch}.block_count", required=True)
     if not 1 <= n_layer <= MAX_LAYERS:
         raise _Problem(f"{arch}.block_count is {n_layer}; llama.cpp loads 1 to {MAX_LAYERS} blocks")
+    _check_clm_keys(values, arch, n_layer)
     values.text("general.name")  # shown by info and load: the right type or nothing
     values.integer(f"{arch}.context_length")
     _check_llama_asserts(values, arch, n_layer)
-    _check_clm_keys(values, n_layer)
     n_vocab = _check_tokenizer(values, header, arch)
     _check_tensor_types_and_blocks(header, n_layer)
     rules = ARCH_RULES.get(arch)
@@ -239,8 +240,13 @@ def _check_llama_asserts(values: _Values, arch: str, n_layer: int) -> None:
             raise _Problem(f"{arch}.{suffix} is {value}; it must be finite and not negative")
 
 
-def _check_clm_keys(values: _Values, n_layer: int) -> None:
+def _check_clm_keys(values: _Values, arch: str, n_layer: int) -> None:
     """The clm.* contract (gguf_keys): types and ranges the runtime relies on."""
+    if values.present(KEY_PRE_LAYER_COUNT) and arch not in SUPPORTED_ARCHITECTURES:
+        raise _Problem(
+            f"the CLM hook does not serve the {arch!r} architecture "
+            f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+        )
     version = values.integer(KEY_VERSION)
     if version is not None and not 1 <= version <= CLM_VERSION:
         raise _Problem(

@@ -6,6 +6,7 @@ correct graft of its P onto its "base" variant must produce, tensor for tensor.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -233,7 +234,11 @@ def test_refuses_an_unsupported_architecture(tmp_path: Path) -> None:
     model, base, _ = _setup(tmp_path)
     reader = gguf.GGUFReader(base)
     phi = tmp_path / "phi.gguf"
-    write_gguf(phi, "phi3", copy_metadata(reader, {}), [copy_tensor(t) for t in reader.tensors], force=False)
+    metadata = [  # a phi3 file names its hyperparameters phi3.*
+        dataclasses.replace(entry, key=entry.key.replace("llama.", "phi3.", 1))
+        for entry in copy_metadata(reader, {})
+    ]
+    write_gguf(phi, "phi3", metadata, [copy_tensor(t) for t in reader.tensors], force=False)
     checkpoint = write_checkpoint(tmp_path / "ckpt-phi", tiny_pre_layer(model), phi)
     _refused(checkpoint, tmp_path / "out.gguf", "architecture 'phi3' is not supported")
 

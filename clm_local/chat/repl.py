@@ -72,6 +72,8 @@ def _answer(session: ChatSession, text: str, out: TextIO, err: TextIO) -> None:
         print("(stopped)", file=err)
         return
     out.write("\n")
+    if session.answer_was_cut:
+        print(f"(cut at {session.max_tokens} tokens: --max-tokens sets the length)", file=err)
 
 
 def _command(session: ChatSession, line: str, err: TextIO) -> bool:

@@ -111,10 +111,13 @@ class ChatSession:
                 yield piece
             if len(self.decoder.cached) >= self.decoder.n_ctx:
                 self.notify(f"the answer reached the end of the context ({self.decoder.n_ctx} tokens)")
-            elif self.decoder.hit_max_tokens:
-                self.notify(f"the answer was cut at max_tokens ({self.max_tokens} tokens)")
         finally:
             self.turns.append({"role": "assistant", "content": "".join(answer)})
+
+    @property
+    def answer_was_cut(self) -> bool:
+        """Whether the last answer stopped at max_tokens rather than where the model ended it."""
+        return self.decoder.hit_max_tokens
 
     def _fit_into_context(self) -> list[int]:
         """Prompt tokens of the conversation, dropping the oldest exchanges until an answer fits."""

@@ -31,7 +31,6 @@ from clm_local.gguf_keys import (
     KEY_MIX_DEFAULT,
     KEY_PRE_LAYER_COUNT,
     MIX_MODES,
-    SUPPORTED_ARCHITECTURES,
 )
 from clm_local.runtime import library
 
@@ -88,11 +87,6 @@ def read_info(path: str | Path) -> ModelInfo:
     values = header.values
     architecture = str(values["general.architecture"])
     n_pre_layers = int(values.get(KEY_PRE_LAYER_COUNT, 0))
-    if n_pre_layers and architecture not in SUPPORTED_ARCHITECTURES:
-        raise ClmError(
-            f"{path}: the CLM hook does not serve the {architecture!r} architecture "
-            f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
-        )
     tokens = values.get("tokenizer.ggml.tokens")
     n_vocab = tokens.count if isinstance(tokens, StringArray) else values.get(f"{architecture}.vocab_size", 0)
     return ModelInfo(
