@@ -232,10 +232,12 @@ def test_refuses_a_broken_base(tmp_path: Path, damage: str) -> None:
 def test_refuses_an_unsupported_architecture(tmp_path: Path) -> None:
     model, base, _ = _setup(tmp_path)
     reader = gguf.GGUFReader(base)
-    phi = tmp_path / "phi.gguf"
-    write_gguf(phi, "phi3", copy_metadata(reader, {}), [copy_tensor(t) for t in reader.tensors], force=False)
-    checkpoint = write_checkpoint(tmp_path / "ckpt-phi", tiny_pre_layer(model), phi)
-    _refused(checkpoint, tmp_path / "out.gguf", "architecture 'phi3' is not supported")
+    falcon = tmp_path / "falcon.gguf"
+    write_gguf(
+        falcon, "falcon", copy_metadata(reader, {}), [copy_tensor(t) for t in reader.tensors], force=False
+    )
+    checkpoint = write_checkpoint(tmp_path / "ckpt-falcon", tiny_pre_layer(model), falcon)
+    _refused(checkpoint, tmp_path / "out.gguf", "architecture 'falcon' is not supported")
 
 
 def test_refuses_an_incomplete_checkpoint(tmp_path: Path) -> None:

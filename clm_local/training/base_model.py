@@ -23,7 +23,7 @@ from transformers import (
 
 from clm_local.errors import ClmError
 from clm_local.files import sha256_file
-from clm_local.gguf_keys import SUPPORTED_ARCHITECTURES
+from clm_local.gguf_keys import HF_MODEL_TYPES, SUPPORTED_ARCHITECTURES
 
 GGUF_MAGIC = b"GGUF"
 
@@ -56,7 +56,8 @@ def resolve_base(path: str | Path) -> BaseSource:
 
 
 def base_architecture(source: BaseSource) -> str:
-    """The architecture name (GGUF `general.architecture` or HF `model_type`), refused unless supported."""
+    """The GGUF architecture name (`general.architecture`, or the one llama.cpp gives the HF
+    `model_type`: Mistral is llama, Gemma 3's text model gemma3), refused unless supported."""
     if source.kind == "gguf":
         from gguf import GGUFReader
 
@@ -67,9 +68,10 @@ def base_architecture(source: BaseSource) -> str:
         architecture = str(field.contents())
     else:
         try:
-            architecture = str(json.loads((source.path / "config.json").read_text())["model_type"])
+            model_type = str(json.loads((source.path / "config.json").read_text())["model_type"])
         except (KeyError, ValueError) as error:
             raise ClmError(f"{source.path / 'config.json'} has no readable model_type ({error})") from None
+        architecture = HF_MODEL_TYPES.get(model_type, model_type)
     if architecture not in SUPPORTED_ARCHITECTURES:
         supported = ", ".join(SUPPORTED_ARCHITECTURES)
         raise ClmError(f"architecture '{architecture}' is not supported (supported: {supported})")
