@@ -137,3 +137,21 @@ def test_identity_at_initialisation_is_exact_and_trainable(tmp_path: Path, name:
     model(input_ids=ids).logits.square().mean().backward()
     gradients = [p.grad for p in pre_layer_of(model).parameters() if p.grad is not None]
     assert gradients and max(float(g.abs().max()) for g in gradients) > 0
+
+
+@pytest.mark.parametrize("kind", ["hf", "gguf"])
+def test_training_loads_the_base_as_llama_cpp_runs_it(family, kind: str) -> None:
+    """The training code's base model (an HF folder, or the GGUF through transformers' reader plus
+    the hyperparameters it misses) computes the base's logits."""
+    from clm_local.training.base_model import base_architecture, load_model, resolve_base
+
+    if kind == "gguf" and "base" not in family.files:
+        pytest.skip("llama.cpp's converter is not available (the llama-cpp-python sdist is not cached)")
+    if kind == "gguf" and family.family == "llama3-rope":
+        pytest.skip("transformers' GGUF reader does not restore Llama 3 RoPE scaling (see the README)")
+    source = resolve_base(family.files["base"] if kind == "gguf" else family.base_folder)
+    assert base_architecture(source) == tiny_families.gguf_architecture(family.family)
+    model = load_model(source, torch.float32, torch.device("cpu"))
+    expected = reference_logits(family.base_model(), TOKENS, 1.0, "logits")
+    with torch.no_grad():
+        assert close(model(input_ids=torch.tensor([TOKENS])).logits[0].numpy(), expected)

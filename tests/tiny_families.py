@@ -84,6 +84,11 @@ FAMILIES: dict[str, tuple[str, str, dict, int]] = {
 }
 
 
+def gguf_architecture(family: str) -> str:
+    """The GGUF architecture of a tiny family (llama3-rope and mistral are llama graphs)."""
+    return {"llama3-rope": "llama", "mistral": "llama"}.get(family, family)
+
+
 @dataclass(frozen=True)
 class FamilyFiles:
     family: str
