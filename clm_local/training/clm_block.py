@@ -29,7 +29,7 @@ IDENTITY_TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 
 
 
 def decoder_layers(model: PreTrainedModel) -> nn.ModuleList:
-    """The block list of a Llama/Qwen2-style causal LM (`model.model.layers`)."""
+    """The block list of a causal LM of a supported family (`model.model.layers` in each)."""
     return model.model.layers
 
 
