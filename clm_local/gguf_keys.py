@@ -15,6 +15,28 @@ PREFIX_TRAIN = "clm.train."  # provenance of the training run
 
 MIX_MODES = ("logits", "embed")
 
-# Architectures whose llama.cpp graph builders end each block with build_cvec() (the hook point)
-# and that the project tests end to end.
-SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
+# The one allow-list of model families (GGUF `general.architecture` names): the architectures the
+# patched llama.cpp blends (its list in llama-cpp-pre-layer.patch must be the same) and that the
+# project trains, converts and runs end to end. Anything else is refused by name at every entry point.
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3")
+
+# Hugging Face `model_type` -> GGUF architecture, as llama.cpp's convert_hf_to_gguf.py maps them
+# (Mistral-family models are llama graphs; Gemma3ForCausalLM's text-only config is "gemma3_text").
+HF_MODEL_TYPES = {
+    "llama": "llama",
+    "mistral": "llama",
+    "qwen2": "qwen2",
+    "qwen3": "qwen3",
+    "gemma2": "gemma2",
+    "gemma3_text": "gemma3",
+    "phi3": "phi3",
+}
+
+# Families whose block input has an RMSNorm gain stored as (1 + w) in Hugging Face and as w + 1
+# in GGUF (llama.cpp's converter adds 1 to every `*norm.weight`).
+GEMMA_NORM_ARCHITECTURES = ("gemma2", "gemma3")
+
+# Families that read the per-block sliding-window flags `{arch}.attention.sliding_window_pattern`,
+# with the period llama.cpp assumes when the file states neither flags nor period: block i slides
+# unless i % period == period - 1.
+SLIDING_WINDOW_PERIODS = {"gemma2": 2, "gemma3": 6}

@@ -2,8 +2,9 @@
 
 The laptop path: the base stays exactly as the user has it (a Q4 file stays Q4, byte for byte)
 and only P, a few MB, is converted. The output is the base with every block moved up by one
-(`blk.i` -> `blk.i+1`), P as `blk.0`, `{arch}.block_count` = N+1, every other key kept (tokenizer,
-chat template, rope) and the clm.* keys added: the layout of CLM.md, "The GGUF file".
+(`blk.i` -> `blk.i+1`), P as `blk.0`, `{arch}.block_count` = N+1, the per-block hyperparameters
+stated with P's entry first (layer_patterns.py), every other key kept (tokenizer, chat template,
+rope) and the clm.* keys added: the layout of CLM.md, "The GGUF file".
 
 P arrives under the base's Hugging Face names for block 0 (`model.layers.0.self_attn.q_proj.weight`,
 ...) and goes through hf_tensors like any converted tensor, q/k row order included.
@@ -15,7 +16,6 @@ import re
 from pathlib import Path
 
 import gguf
-from gguf import GGUFValueType
 
 from clm_local.errors import ClmError
 from clm_local.files import sha256_file
@@ -33,6 +33,7 @@ from .gguf_io import (
     write_gguf,
 )
 from .hf_tensors import Heads, to_gguf_tensor
+from .layer_patterns import check_gemma_block_count, per_block_entries
 from .safetensors_io import read_safetensors
 
 _P_PREFIX = "model.layers.0."
@@ -60,12 +61,16 @@ def graft(
     reader = open_gguf(base)
     arch = check_gguf_source(reader, base)
     block_count = _block_count_entry(reader, arch, base)
+    n_base = block_count.value - 1
+    check_gemma_block_count(arch, n_base, base)
+    per_block = per_block_entries(reader, arch, n_base=n_base, n_pre_layers=1, source=base)
     base_sha256 = sha256_file(base)
-    manifest.check_base(base, arch, block_count.value - 1, base_sha256, force=force_base)
+    manifest.check_base(base, arch, n_base, base_sha256, force=force_base)
 
     pre_layer = _pre_layer_tensors(checkpoint / manifest.pre_layer_file, reader, base, arch, outtype)
     tensors = _grafted_tensors(reader, pre_layer)
-    metadata = copy_metadata(reader, replace={block_count.key: block_count})
+    metadata = copy_metadata(reader, replace={block_count.key: block_count, **per_block})
+    metadata += [entry for key, entry in per_block.items() if key not in reader.fields]
     metadata += clm_entries(
         pre_layers=1,
         alpha_default=alpha_default,
@@ -124,24 +129,12 @@ def _grafted_tensors(reader: gguf.GGUFReader, pre_layer: list[OutputTensor]) -> 
 
 
 def _block_count_entry(reader: gguf.GGUFReader, arch: str, base: Path) -> MetadataEntry:
-    """`{arch}.block_count` raised by one, in the base's own GGUF type.
-
-    Refuses a base with per-block metadata arrays (one value per block, as some converters write
-    head counts): they would need a value for P too, and guessing one could break the file.
-    """
+    """`{arch}.block_count` raised by one, in the base's own GGUF type."""
     key = gguf.Keys.LLM.BLOCK_COUNT.format(arch=arch)
     field = reader.get_field(key)
     if field is None:
         raise ClmError(f"{base} has no {key} key")
-    n_blocks = int(field.contents())
-    for other in reader.fields.values():
-        if (
-            other.name.startswith(f"{arch}.")
-            and other.types[0] == GGUFValueType.ARRAY
-            and len(other.data) == n_blocks
-        ):
-            raise ClmError(f"{base} has per-block metadata ({other.name}), which grafting does not support")
-    return MetadataEntry(key, n_blocks + 1, field.types[0])
+    return MetadataEntry(key, int(field.contents()) + 1, field.types[0])
 
 
 def _base_name(reader: gguf.GGUFReader, base: Path) -> str:

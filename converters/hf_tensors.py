@@ -1,13 +1,14 @@
-"""Hugging Face tensors to GGUF tensors: names, the llama q/k row order, and the stored type.
+"""Hugging Face tensors to GGUF tensors: names, the llama q/k row order, Gemma's norm gains, stored type.
 
 Both the graft (P alone) and the full conversion (every tensor) go through `to_gguf_tensor`, so a
 P grafted onto a base file and the same P converted from an expanded folder are bit-identical.
 
-Three rules copied from llama.cpp's convert_hf_to_gguf.py, because the runtime expects them:
+Four rules copied from llama.cpp's convert_hf_to_gguf.py, because the runtime expects them:
 - names: gguf-py's tensor name map (`model.layers.0.self_attn.q_proj.weight` -> `blk.0.attn_q.weight`);
 - for the llama architecture, q_proj/k_proj rows are reordered (`LlamaModel.permute`): llama.cpp
   applies rotary embeddings to adjacent pairs of a head's dimensions where Hugging Face rotates the
-  two halves; qwen2 uses llama.cpp's NEOX rope, which rotates halves, so its rows stay as they are;
+  two halves; the other families use llama.cpp's NEOX rope, which rotates halves, so rows stay;
+- Gemma's RMSNorm multiplies by (1 + w): llama.cpp stores every `*norm.weight` as w + 1;
 - 1-D tensors and norms are stored as F32 whatever the requested type.
 """
 
@@ -20,11 +21,19 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from clm_local.errors import ClmError
+from clm_local.gguf_keys import GEMMA_NORM_ARCHITECTURES
 
 from .gguf_io import OutputTensor
 from .safetensors_io import SafeTensor
 
-LLAMA_CPP_ARCHS = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2}
+LLAMA_CPP_ARCHS = {
+    "llama": gguf.MODEL_ARCH.LLAMA,
+    "qwen2": gguf.MODEL_ARCH.QWEN2,
+    "qwen3": gguf.MODEL_ARCH.QWEN3,
+    "gemma2": gguf.MODEL_ARCH.GEMMA2,
+    "gemma3": gguf.MODEL_ARCH.GEMMA3,
+    "phi3": gguf.MODEL_ARCH.PHI3,
+}
 
 # --outtype values: "auto" keeps each tensor's own float type (F32, F16 or BF16; F64 becomes F32).
 OUTTYPES = ("auto", "f32", "f16", "bf16", "q8_0")
@@ -81,6 +90,11 @@ def reorder_for_llama_cpp(arch: str, gguf_name: str, weights: np.ndarray, heads:
     return weights
 
 
+def norm_offset(arch: str, hf_name: str) -> float:
+    """What llama.cpp's converter adds to a tensor: 1 to Gemma's norm gains (HF computes x * (1 + w))."""
+    return 1.0 if arch in GEMMA_NORM_ARCHITECTURES and hf_name.endswith("norm.weight") else 0.0
+
+
 def check_outtype(outtype: str) -> None:
     if outtype not in OUTTYPES:
         raise ClmError(f"--outtype must be one of {', '.join(OUTTYPES)} (got {outtype!r})")
@@ -111,8 +125,11 @@ def to_gguf_tensor(
     name = gguf_tensor_name(arch, hf_name, n_blocks)
     ne = tuple(reversed(tensor.shape))
     qtype = stored_type(outtype, name, ne, tensor.dtype)
+    offset = norm_offset(arch, hf_name)
 
     def encode() -> np.ndarray:
+        if offset:
+            return gguf.quants.quantize(tensor.to_float32() + np.float32(offset), qtype)
         if _SAME_ENCODING.get(tensor.dtype) == qtype:
             # The stored bits are already the GGUF encoding: no float32 copy of a multi-GB
             # embedding, and the row reordering works on raw storage as on floats.

@@ -1,9 +1,11 @@
 """Path (b): convert a Hugging Face folder in the expanded CLM layout to one GGUF.
 
-The folder is an ordinary llama or qwen2 model whose `num_hidden_layers` is N+1 and whose
+The folder is an ordinary model of a supported family whose `num_hidden_layers` is N+1 and whose
 `model.layers.0` is P (what `clm-local train --export-hf` writes and what the paper's authors
-publish), so the conversion is llama.cpp's convert_hf_to_gguf.py for these two families, done with
-gguf-py: the same metadata keys, tensor names, q/k row order and tokenizer, plus the clm.* keys.
+publish), so the conversion is llama.cpp's convert_hf_to_gguf.py for these families, done with
+gguf-py: the same metadata keys, tensor names, q/k row order and tokenizer, plus the clm.* keys and
+the per-block sliding-window flags from `layer_types` (P's first), which llama.cpp's converter leaves
+for the loader to derive from the block index (wrong once P shifts the base blocks by one).
 Tensors are read memory-mapped and converted one at a time while the file is written.
 """
 
@@ -21,11 +23,13 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from clm_local.errors import ClmError
+from clm_local.gguf_keys import HF_MODEL_TYPES, SLIDING_WINDOW_PERIODS
 
 from .clm_metadata import check_architecture, clm_entries
 from .gguf_io import OutputTensor, entries_from_writer, write_gguf
 from .hf_tensors import Heads, to_gguf_tensor
 from .hf_tokenizer import add_tokenizer
+from .layer_patterns import check_gemma_attention_scale
 from .safetensors_io import SafeTensor, read_safetensors
 
 _FILE_TYPES = {
@@ -54,10 +58,22 @@ class HfConfig:
     n_vocab: int
     tied_embeddings: bool
     rope: dict[str, Any]  # rope_theta, rope_type and scaling parameters, whichever config style
+    raw: dict[str, Any]  # config.json itself, for the family-specific keys (soft-capping, windows, ...)
 
     @property
     def rope_dim(self) -> int:
-        return self.head_dim or self.n_embd // self.n_head
+        head_dim = self.head_dim or self.n_embd // self.n_head
+        return int(head_dim * self.rope.get("partial_rotary_factor", 1.0))
+
+    @property
+    def sliding_flags(self) -> list[bool] | None:
+        """One flag per block from `layer_types` (P's first), for the families llama.cpp reads it for."""
+        layer_types = self.raw.get("layer_types")
+        if self.arch not in SLIDING_WINDOW_PERIODS or not layer_types:
+            return None
+        if len(layer_types) != self.n_blocks:
+            raise ClmError(f"config.json has {len(layer_types)} layer_types for {self.n_blocks} blocks")
+        return [kind == "sliding_attention" for kind in layer_types]
 
 
 def is_hf_folder(path: Path) -> bool:
@@ -98,8 +114,9 @@ def read_config(folder: Path) -> HfConfig:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ClmError(f"cannot read {path} ({error})") from None
-    arch = raw.get("model_type")
-    check_architecture(str(arch), folder)
+    model_type = str(raw.get("model_type"))
+    arch = HF_MODEL_TYPES.get(model_type, model_type)
+    check_architecture(arch, folder)
 
     def need(key: str) -> Any:
         if key not in raw:
@@ -107,6 +124,8 @@ def read_config(folder: Path) -> HfConfig:
         return raw[key]
 
     rope = dict(raw.get("rope_parameters") or raw.get("rope_scaling") or {})
+    if "full_attention" in rope:  # Gemma 3: one set per attention type; the full one is the main
+        rope = dict(rope["full_attention"], swa_theta=rope.get("sliding_attention", {}).get("rope_theta"))
     rope.setdefault("rope_theta", raw.get("rope_theta"))
     rope.setdefault("rope_type", rope.get("type", "default"))
     try:
@@ -123,6 +142,7 @@ def read_config(folder: Path) -> HfConfig:
             n_vocab=int(need("vocab_size")),
             tied_embeddings=bool(raw.get("tie_word_embeddings", False)),
             rope=rope,
+            raw=raw,
         )
     except (TypeError, ValueError) as error:
         raise ClmError(f"{path} holds a value of the wrong type ({error})") from None
@@ -232,11 +252,39 @@ def _add_hparams(writer: gguf.GGUFWriter, config: HfConfig, tensors: list[Output
     if config.arch == "llama":
         writer.add_vocab_size(config.n_vocab)
         writer.add_rope_dimension_count(config.rope_dim)
+    _add_family_hparams(writer, config)
+
+
+def _add_family_hparams(writer: gguf.GGUFWriter, config: HfConfig) -> None:
+    """What llama.cpp's Gemma2Model, Gemma3Model and Phi3MiniModel add for their families, and the
+    per-block sliding-window flags (P's first) in place of the pattern llama.cpp would derive."""
+    raw = config.raw
+    if config.arch == "gemma2":
+        check_gemma_attention_scale(raw, config.head_dim or config.n_embd // config.n_head)
+        writer.add_attn_logit_softcapping(raw["attn_logit_softcapping"])
+        writer.add_final_logit_softcapping(raw["final_logit_softcapping"])
+        writer.add_sliding_window(raw["sliding_window"])
+    elif config.arch == "gemma3":
+        check_gemma_attention_scale(raw, config.head_dim or config.n_embd // config.n_head)
+        if raw.get("final_logit_softcapping"):
+            writer.add_final_logit_softcapping(raw["final_logit_softcapping"])
+        if raw.get("sliding_window_pattern") != 1 and raw.get("sliding_window"):
+            writer.add_sliding_window(raw["sliding_window"])
+        if config.rope.get("swa_theta") is not None:
+            writer.add_rope_freq_base_swa(config.rope["swa_theta"])
+    elif config.arch == "phi3":
+        writer.add_rope_dimension_count(config.rope_dim)
+        original_n_ctx = config.rope.get("original_max_position_embeddings", config.n_ctx)
+        writer.add_rope_scaling_orig_ctx_len(original_n_ctx)
+        writer.add_sliding_window(raw.get("sliding_window") or 0)
+    if config.sliding_flags is not None:
+        writer.add_sliding_window_pattern(config.sliding_flags)
 
 
 def _add_rope(writer: gguf.GGUFWriter, config: HfConfig) -> None:
-    """Rope base and scaling; the scaling types llama and qwen2 checkpoints use (yarn: its two
-    essential parameters, which is all Qwen2.5's long-context configs set)."""
+    """Rope base and scaling; the scaling types the supported checkpoints use (yarn: its two
+    essential parameters, which is all Qwen2.5's long-context configs set). Phi-3's longrope needs
+    per-frequency factor tensors that this converter does not write: refused."""
     rope = config.rope
     rope_type = rope["rope_type"]
     try:

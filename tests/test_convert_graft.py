@@ -233,14 +233,14 @@ def test_refuses_a_broken_base(tmp_path: Path, damage: str) -> None:
 def test_refuses_an_unsupported_architecture(tmp_path: Path) -> None:
     model, base, _ = _setup(tmp_path)
     reader = gguf.GGUFReader(base)
-    phi = tmp_path / "phi.gguf"
-    metadata = [  # a phi3 file names its hyperparameters phi3.*
-        dataclasses.replace(entry, key=entry.key.replace("llama.", "phi3.", 1))
+    falcon = tmp_path / "falcon.gguf"
+    metadata = [  # a falcon file names its hyperparameters falcon.*
+        dataclasses.replace(entry, key=entry.key.replace("llama.", "falcon.", 1))
         for entry in copy_metadata(reader, {})
     ]
-    write_gguf(phi, "phi3", metadata, [copy_tensor(t) for t in reader.tensors], force=False)
-    checkpoint = write_checkpoint(tmp_path / "ckpt-phi", tiny_pre_layer(model), phi)
-    _refused(checkpoint, tmp_path / "out.gguf", "architecture 'phi3' is not supported")
+    write_gguf(falcon, "falcon", metadata, [copy_tensor(t) for t in reader.tensors], force=False)
+    checkpoint = write_checkpoint(tmp_path / "ckpt-falcon", tiny_pre_layer(model), falcon)
+    _refused(checkpoint, tmp_path / "out.gguf", "architecture 'falcon' is not supported")
 
 
 def test_refuses_an_incomplete_checkpoint(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ the runtime is the product.
 
 from __future__ import annotations
 
+import ctypes
 import warnings
 from pathlib import Path
 
@@ -206,3 +207,97 @@ def test_context_too_small(tiny) -> None:
         small.decode({0: TOKENS[:6]})
         with pytest.raises(ClmError, match="context is full"):
             small.decode({0: TOKENS[6:]})
+
+
+# --- the pre-layer API's contract (llama.h in llama-cpp-pre-layer.patch) -----------------------
+
+
+def test_a_plain_context_starts_at_alpha_1_when_the_default_mode_is_logits(tmp_path: Path) -> None:
+    """clm.alpha_default belongs to the file's default mode: in logits mode the per-sequence alpha of a
+    plain llama.cpp context is 1 (the aligned path), and only the Python mix applies the default."""
+    model = make_tiny_model("llama", seed=3, alpha_default=0.25, mix_default="logits")
+    path = model.write(tmp_path / "m.gguf")
+    with clm_local.load(path, n_ctx=32, n_threads=2) as loaded:
+        assert loaded.get_alpha(0) == 1.0 and loaded.get_alpha(1) == 1.0
+        error = relative_error(loaded.logits(TOKENS), forward(model, TOKENS, 0.25, "logits"))
+        assert error <= TOLERANCE
+
+
+def test_a_token_in_sequences_with_different_alphas_is_refused(tiny) -> None:
+    """One token in two sequences (a shared prompt prefix) gets one blend: their alphas must agree."""
+    from clm_local.runtime import library
+
+    _, folder = tiny
+    llama = library.llama()
+    model = llama.llama_model_load_from_file(
+        str(folder / "clm.gguf").encode(), llama.llama_model_default_params()
+    )
+    params = llama.llama_context_default_params()
+    params.n_ctx, params.n_batch, params.n_seq_max, params.kv_unified = 64, 8, 2, True
+    params.n_threads = params.n_threads_batch = 1
+    context = llama.llama_init_from_model(model, params)
+    batch = llama.llama_batch_init(1, 0, 2)
+    try:
+
+        def decode_shared_token(alpha_0: float, alpha_1: float) -> int:
+            library.set_pre_layer_alpha(context, 0, alpha_0)
+            library.set_pre_layer_alpha(context, 1, alpha_1)
+            llama.llama_memory_clear(llama.llama_get_memory(context), True)
+            batch.n_tokens = 1
+            batch.token[0], batch.pos[0], batch.n_seq_id[0], batch.logits[0] = TOKENS[0], 0, 2, True
+            batch.seq_id[0][0], batch.seq_id[0][1] = 0, 1
+            return int(llama.llama_decode(context, batch))
+
+        assert decode_shared_token(0.5, 0.5) == 0
+        assert decode_shared_token(1.0, 0.0) == -1
+        assert any("alphas differ" in line for line in library._recent_log)
+    finally:
+        llama.llama_batch_free(batch)
+        llama.llama_free(context)
+        llama.llama_model_free(model)
+
+
+def _with_control_vector(model: clm_local.ClmModel, layer: int, direction: np.ndarray) -> None:
+    """A control vector on one layer (llama.cpp counts from 1; data starts at layer 1)."""
+    data = np.zeros((layer, direction.size), dtype=np.float32)
+    data[layer - 1] = direction
+    pointer = data.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+    status = model._llama.llama_set_adapter_cvec(
+        model._context, pointer, data.size, direction.size, layer, layer
+    )
+    assert status == 0
+
+
+@pytest.mark.filterwarnings("ignore:.*has no CLM pre-layer")
+def test_a_control_vector_applies_to_the_same_base_block_as_on_the_base_model(tiny) -> None:
+    model, folder = tiny
+    direction = np.random.default_rng(0).normal(0, 0.5, model.config.n_embd).astype(np.float32)
+    with clm_local.load(folder / "base.gguf", n_ctx=64, n_threads=2) as base:
+        without = base.logits(TOKENS)
+        _with_control_vector(base, 1, direction)
+        expected = base.logits(TOKENS)
+    assert relative_error(expected, without) > 1e-2  # the vector matters
+    with clm_local.load(folder / "clm.gguf", n_ctx=64, n_threads=2) as clm_model:
+        _with_control_vector(clm_model, 1, direction)
+        for mode in MODES:
+            assert relative_error(clm_model.logits(TOKENS, 0.0, mode), expected) <= TOLERANCE, mode
+
+
+def test_llama_cpp_refuses_pre_layers_for_an_architecture_outside_its_list(tmp_path: Path) -> None:
+    """At load, with one line, even when the Python checks are bypassed."""
+    from clm_local.runtime import library
+
+    path = tmp_path / "falcon.gguf"
+    writer = gguf.GGUFWriter(path, "falcon")
+    writer.add_context_length(64)
+    writer.add_embedding_length(32)
+    writer.add_block_count(3)
+    writer.add_uint32("clm.pre_layer_count", 1)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    llama = library.llama()
+    assert not llama.llama_model_load_from_file(str(path).encode(), llama.llama_model_default_params())
+    refusal = "hyperparameters: CLM pre-layers are not supported for the falcon architecture"
+    assert any(line.endswith(refusal) for line in library._recent_log)

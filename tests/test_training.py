@@ -432,7 +432,7 @@ def test_cli_refuses_bad_bases_and_outputs(tiny, pairs, tmp_path, monkeypatch, c
     occupied.mkdir()
     (occupied / "keep.txt").write_text("mine")
     cases = [
-        (gpt2, tmp_path / "a", "architecture 'gpt2' is not supported (supported: llama, qwen2)"),
+        (gpt2, tmp_path / "a", "architecture 'gpt2' is not supported (supported: llama, qwen2, qwen3"),
         (text_file, tmp_path / "b", "is neither a model folder nor a GGUF file"),
         (tmp_path / "missing", tmp_path / "c", "does not exist"),
         (tiny["llama"], occupied, "exists and is not a clm-local checkpoint: use --force"),

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     GgufConfig,
@@ -23,7 +24,8 @@ from transformers import (
 
 from clm_local.errors import ClmError
 from clm_local.files import sha256_file
-from clm_local.gguf_keys import SUPPORTED_ARCHITECTURES
+from clm_local.gguf_file import field_value, open_gguf
+from clm_local.gguf_keys import GEMMA_NORM_ARCHITECTURES, HF_MODEL_TYPES, SUPPORTED_ARCHITECTURES
 
 GGUF_MAGIC = b"GGUF"
 
@@ -56,7 +58,8 @@ def resolve_base(path: str | Path) -> BaseSource:
 
 
 def base_architecture(source: BaseSource) -> str:
-    """The architecture name (GGUF `general.architecture` or HF `model_type`), refused unless supported."""
+    """The GGUF architecture name (`general.architecture`, or the one llama.cpp gives the HF
+    `model_type`: Mistral is llama, Gemma 3's text model gemma3), refused unless supported."""
     if source.kind == "gguf":
         from gguf import GGUFReader
 
@@ -67,9 +70,10 @@ def base_architecture(source: BaseSource) -> str:
         architecture = str(field.contents())
     else:
         try:
-            architecture = str(json.loads((source.path / "config.json").read_text())["model_type"])
+            model_type = str(json.loads((source.path / "config.json").read_text())["model_type"])
         except (KeyError, ValueError) as error:
             raise ClmError(f"{source.path / 'config.json'} has no readable model_type ({error})") from None
+        architecture = HF_MODEL_TYPES.get(model_type, model_type)
     if architecture not in SUPPORTED_ARCHITECTURES:
         supported = ", ".join(SUPPORTED_ARCHITECTURES)
         raise ClmError(f"architecture '{architecture}' is not supported (supported: {supported})")
@@ -105,7 +109,9 @@ def load_tokenizer(source: BaseSource) -> PreTrainedTokenizerBase:
 
 def load_model(source: BaseSource, dtype: torch.dtype, device: torch.device) -> PreTrainedModel:
     """The base model in `dtype` on `device`, in eval mode (no dropout: the policy and the DPO
-    reference must be the same deterministic function apart from P)."""
+    reference must be the same deterministic function apart from P). Gemma 2 runs with eager
+    attention, the only implementation that applies its attention soft-capping, as llama.cpp does."""
+    attention = "eager" if base_architecture(source) == "gemma2" else None
     if source.kind == "gguf":
         # Dense weights on purpose: P is a trainable copy of block 0, and an exported checkpoint must
         # be an ordinary one (transformers would otherwise keep the blocks quantized where it has kernels).
@@ -113,9 +119,30 @@ def load_model(source: BaseSource, dtype: torch.dtype, device: torch.device) -> 
             model = AutoModelForCausalLM.from_pretrained(
                 empty,
                 gguf_file=str(source.path),
+                config=_gguf_config(source.path, empty),
                 dtype=dtype,
                 quantization_config=GgufConfig(dequantize=True),
+                attn_implementation=attention,
             )
     else:
-        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype, attn_implementation=attention)
     return model.to(device).eval()
+
+
+def _gguf_config(path: Path, empty_folder: str):  # -> transformers.PretrainedConfig
+    """transformers' config for a GGUF base, completed with what its GGUF reader leaves at defaults.
+
+    transformers does not read `{arch}.attention.key_length` (Qwen3 and Gemma state a head size
+    other than n_embd / n_head) and has no key for Gemma's query_pre_attn_scalar; llama.cpp
+    scales Gemma's queries by 1/sqrt(head_dim) (every size but 27B, which CLM refuses), so the
+    model trained here is the one llama.cpp runs.
+    """
+    config = AutoConfig.from_pretrained(empty_folder, gguf_file=str(path))
+    reader = open_gguf(path)
+    arch = str(field_value(reader, "general.architecture"))
+    key_length = field_value(reader, f"{arch}.attention.key_length")
+    if key_length is not None and hasattr(config, "head_dim"):
+        config.head_dim = int(key_length)
+    if arch in GEMMA_NORM_ARCHITECTURES:
+        config.query_pre_attn_scalar = config.head_dim
+    return config

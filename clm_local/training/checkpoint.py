@@ -14,7 +14,7 @@ leaves the previous complete checkpoint readable.
 
 Manifest fields (`clm_manifest.json`), format_version 1:
 - `format`: "clm-local-pre-layer"; `format_version`: 1.
-- `architecture`: "llama" or "qwen2" (HF `model_type`, which is also the GGUF `general.architecture`).
+- `architecture`: the GGUF `general.architecture` of the base (one of gguf_keys.SUPPORTED_ARCHITECTURES).
 - `base_block_count`: N, the base's block count; the CLM model has N + `pre_layer_count` blocks.
 - `pre_layer_count`: 1. `pre_layer_file`: "pre_layer.safetensors". `tensor_prefix`: "model.layers.0.".
 - `dtype`: dtype of the saved tensors ("fp32").

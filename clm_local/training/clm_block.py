@@ -1,7 +1,7 @@
 """Turn a base model into a CLM model: one identity pre-layer P in front of block 0 (see CLM.md).
 
-P is a copy of block 0 with the two projections that write into the residual stream (`o_proj`,
-`down_proj`) zeroed, so P(x) == x until it is trained. It sits at `model.layers.0`, the base blocks
+P is a copy of block 0 whose two residual branches are made to add exact zeros, so P(x) == x until
+it is trained (`identity_initialise`, per family). It sits at `model.layers.0`, the base blocks
 move to 1..N, and each block's attention `layer_idx` is renumbered so every block keeps its own
 KV-cache slot. The expanded model is therefore exactly the authors' published HF layout
 (`num_hidden_layers` = N + 1), and `model.layers.0.*` are P's tensors under the base's names.
@@ -29,23 +29,46 @@ IDENTITY_TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 
 
 
 def decoder_layers(model: PreTrainedModel) -> nn.ModuleList:
-    """The block list of a Llama/Qwen2-style causal LM (`model.model.layers`)."""
+    """The block list of a causal LM of a supported family (`model.model.layers` in each)."""
     return model.model.layers
 
 
+# Gemma 2/3 blocks end each residual branch with an RMSNorm (HF weight w, gain 1 + w). Llama-style
+# blocks also have a `post_attention_layernorm`, but it is their pre-FFN norm: the FFN post-norm is
+# what tells a post-norm block apart.
+_POST_NORMS = ("post_attention_layernorm", "post_feedforward_layernorm")
+
+
+def identity_initialise(block: nn.Module) -> None:
+    """Make both residual branches of a copied block add exact zeros, so the block is the identity.
+
+    Pre-norm blocks (llama, qwen2, qwen3, phi3): zero the projections that write into the residual
+    stream (`o_proj`, `down_proj`; phi3's names are the same). Blocks with post-norms (Gemma 2/3):
+    zeroing the projections would leave the post-norm to blow the first tiny update up to unit size
+    (its gain grows as 1/sqrt(eps)); instead the post-norms' gains are zeroed (HF weight -1, stored
+    as 0 in GGUF) and the projections kept, so training starts from a well-conditioned branch whose
+    output grows with the gain.
+    """
+    with torch.no_grad():
+        if hasattr(block, "post_feedforward_layernorm"):
+            for name in _POST_NORMS:
+                getattr(block, name).weight.fill_(-1.0)  # Gemma's RMSNorm: x * (1 + w) = 0
+            return
+        for projection in (block.self_attn.o_proj, block.mlp.down_proj):
+            projection.weight.zero_()
+            if projection.bias is not None:
+                projection.bias.zero_()
+
+
 def insert_pre_layer(model: PreTrainedModel) -> nn.Module:
-    """Insert P (block 0 copy, output projections zeroed) in front of block 0; freeze everything else.
+    """Insert P (an identity copy of block 0) in front of block 0; freeze everything else.
 
     P's parameters are kept in float32 whatever the base dtype, so small Adam updates are not
     rounded away in bf16; autocast runs its matmuls in the compute dtype.
     """
     layers = decoder_layers(model)
     pre_layer = copy.deepcopy(layers[0]).float()
-    with torch.no_grad():
-        for projection in (pre_layer.self_attn.o_proj, pre_layer.mlp.down_proj):
-            projection.weight.zero_()
-            if projection.bias is not None:
-                projection.bias.zero_()
+    identity_initialise(pre_layer)
     layers.insert(0, pre_layer)
     for index, layer in enumerate(layers):
         for module in layer.modules():
