@@ -1,12 +1,15 @@
 """`clm-local train BASE DATA -o CKPT`: train the CLM pre-layer (DPO or SFT) on a base model.
 
 The work lives in clm_local.training; this module only maps options to TrainOptions (imported
-inside the command, so `clm-local --help` does not load torch).
+inside the command, so `clm-local --help` does not load torch). Under torchrun
+(`torchrun --nproc-per-node K -m clm_local.training ...`) every process runs this command; only
+rank 0 prints.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -38,21 +41,57 @@ def train(
     ],
     objective: Annotated[str, typer.Option(help="dpo or sft.")] = "dpo",
     beta: Annotated[float, typer.Option(help="DPO beta (strength of the pull towards the base).")] = 0.1,
-    lr: Annotated[float, typer.Option(help="Learning rate (AdamW, constant).")] = 1e-5,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW); see --lr-scheduler.")] = 1e-5,
+    lr_scheduler: Annotated[
+        str, typer.Option(help="constant, linear, cosine or constant_with_warmup (TRL's names).")
+    ] = "constant",
+    warmup_ratio: Annotated[
+        float, typer.Option(help="Share of the steps that warm the lr up from 0 (not with constant).")
+    ] = 0.0,
     epochs: Annotated[int, typer.Option(help="Passes over the data.")] = 1,
     max_steps: Annotated[
         int | None, typer.Option(help="Optimizer steps to run; overrides --epochs.", show_default=False)
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Examples (DPO: pairs) per forward pass.")] = 4,
+    batch_size: Annotated[
+        int, typer.Option(help="Examples (DPO: pairs) per forward pass, in each torchrun process.")
+    ] = 4,
     grad_accum: Annotated[int, typer.Option(help="Forward passes per optimizer step.")] = 1,
     max_length: Annotated[
-        int, typer.Option(help="Longest prompt+response in tokens; the prompt's start is cut first.")
+        int, typer.Option(help="Longest prompt+response in tokens (TRL's rule: see --max-prompt-length).")
     ] = 1024,
+    max_prompt_length: Annotated[
+        int | None,
+        typer.Option(
+            help="Too long: keep the prompt's last this many tokens, then the answers' first "
+            "max-length minus this many. Default: half of --max-length.",
+            show_default=False,
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the data order.")] = 0,
     device: Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu), cpu, cuda or mps.")] = "auto",
     dtype: Annotated[
-        str, typer.Option(help="auto (bf16 where supported, fp32 on CPU), fp32, bf16, fp16.")
+        str,
+        typer.Option(
+            help="The frozen base's dtype (P stays fp32): auto (bf16, fp16 on GPUs without bf16, "
+            "fp32 on CPU), fp32, bf16, fp16."
+        ),
     ] = "auto",
+    gradient_checkpointing: Annotated[
+        bool | None,
+        typer.Option(
+            "--gradient-checkpointing/--no-gradient-checkpointing",
+            help="Recompute the frozen blocks in the backward pass (less memory, about 1/3 slower). "
+            "Default: on for bases of 300M parameters and more.",
+            show_default=False,
+        ),
+    ] = None,
+    logprob_chunk_tokens: Annotated[
+        int | None,
+        typer.Option(
+            help="Answer tokens per LM-head chunk (0: no chunking). Default: 256 MiB of fp32 logits.",
+            show_default=False,
+        ),
+    ] = None,
     eval_data: Annotated[
         Path | None, typer.Option(help="JSONL evaluated at every checkpoint.", show_default=False)
     ] = None,
@@ -97,6 +136,11 @@ def train(
         batch_size=batch_size,
         grad_accum=grad_accum,
         max_length=max_length,
+        max_prompt_length=max_prompt_length,
+        lr_scheduler=lr_scheduler,
+        warmup_ratio=warmup_ratio,
+        gradient_checkpointing=gradient_checkpointing,
+        logprob_chunk_tokens=logprob_chunk_tokens,
         seed=seed,
         device=device,
         dtype=dtype,
@@ -112,6 +156,8 @@ def train(
         result = run_training(base, data, output, options)
     finally:
         logger.removeHandler(handler)
+    if os.environ.get("RANK", "0") != "0":
+        return
     summary = ", ".join(f"{key} {value:.4f}" for key, value in result.metrics["train"].items())
     typer.echo(f"trained {result.step} steps; {summary}")
     typer.echo(f"checkpoint: {result.output}")

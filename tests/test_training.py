@@ -335,9 +335,9 @@ def test_render_without_a_chat_template_uses_raw_text_and_eos(tiny):
 
 def test_truncation_keeps_the_end_of_the_prompt(tiny, tmp_path, caplog):
     example = Example(list(range(10)), ([100, 101, 102], [200]))
-    assert truncate(example, 20) == (example, False)
-    assert truncate(example, 8) == (Example(list(range(5, 10)), ([100, 101, 102], [200])), True)
-    assert truncate(example, 3) == (Example([9], ([100, 101], [200])), True)  # prompt first, then responses
+    assert truncate(example, 20, 10) == (example, False)
+    assert truncate(example, 8, 4) == (Example(list(range(6, 10)), ([100, 101, 102], [200])), True)
+    assert truncate(example, 5, 4) == (Example([6, 7, 8, 9], ([100], [200])), True)  # prompt, then answers
 
     long = write_jsonl(
         tmp_path / "long.jsonl", [{"prompt": "word " * 60, "chosen": "Yes", "rejected": "No"}] * 2

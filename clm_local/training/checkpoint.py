@@ -9,6 +9,10 @@ CKPT holds:
 - `trainer_state.pt`: optimizer (and fp16 grad-scaler) state, for `--resume`.
 - `metrics.jsonl`: one JSON object per optimizer step (`"split": "train"`) and per evaluation
   (`"split": "eval"`), each with `step`.
+- `reference_logps.safetensors` (DPO): the base's log-probs of every chosen and rejected answer,
+  `train` and `eval` tensors of shape (examples, 2), computed once; metadata `clm_reference_key`
+  names what they depend on (base and data sha256, max lengths, compute dtype), so a resumed run
+  reuses them and any change recomputes them. Kept by `--force` (the key guards it).
 Every file is written to a temporary name and moved into place (os.replace), so an interrupted run
 leaves the previous complete checkpoint readable.
 
@@ -57,11 +61,13 @@ MANIFEST_FILE = "clm_manifest.json"
 PRE_LAYER_FILE = "pre_layer.safetensors"
 STATE_FILE = "trainer_state.pt"
 METRICS_FILE = "metrics.jsonl"
+REFERENCE_FILE = "reference_logps.safetensors"
 RUN_FILES = (MANIFEST_FILE, PRE_LAYER_FILE, STATE_FILE, METRICS_FILE)
 
 
-def prepare_output(directory: Path, resume: bool, force: bool) -> None:
-    """Make sure CKPT can be written: refuse to overwrite anything unless asked to."""
+def prepare_output(directory: Path, resume: bool, force: bool, write: bool = True) -> None:
+    """Make sure CKPT can be written: refuse to overwrite anything unless asked to. With `write`
+    False (the other processes of a distributed run) only check, and leave the folder to rank 0."""
     if resume:
         if not ((directory / MANIFEST_FILE).is_file() and (directory / STATE_FILE).is_file()):
             raise ClmError(
@@ -79,6 +85,8 @@ def prepare_output(directory: Path, resume: bool, force: bool) -> None:
         raise ClmError(
             f"{directory} exists and is not a clm-local checkpoint: use --force to write into it anyway"
         )
+    if not write:
+        return
     directory.mkdir(parents=True, exist_ok=True)
     for name in RUN_FILES:  # --force: start clean, but touch nothing that is not ours
         (directory / name).unlink(missing_ok=True)
@@ -175,6 +183,27 @@ def load_trainer_state(directory: Path, expected_step: int) -> dict:
             "(the run was stopped while saving); start over with --force"
         )
     return state
+
+
+def save_reference(directory: Path, logps: dict[str, torch.Tensor], key: dict) -> None:
+    """Write the reference log-probs of each split with the key they were computed under."""
+    tensors = {split: tensor.float().contiguous() for split, tensor in logps.items()}
+    metadata = {"format": "pt", "clm_reference_key": json.dumps(key, sort_keys=True)}
+    _write_atomically(directory / REFERENCE_FILE, lambda path: save_file(tensors, path, metadata=metadata))
+
+
+def load_reference(directory: Path, key: dict) -> dict[str, torch.Tensor] | None:
+    """The cached reference log-probs if they were computed under `key`, else None."""
+    path = Path(directory) / REFERENCE_FILE
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            if (handle.metadata() or {}).get("clm_reference_key") != json.dumps(key, sort_keys=True):
+                return None
+            return {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+    except (OSError, ValueError, RuntimeError):  # unreadable (e.g. cut short): recompute
+        return None
 
 
 def export_hf(

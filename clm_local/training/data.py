@@ -135,15 +135,18 @@ def render(tokenizer: PreTrainedTokenizerBase, prompt: Turn, response: Turn) -> 
     return prompt_ids, response_ids
 
 
-def truncate(example: Example, max_length: int) -> tuple[Example, bool]:
-    """Fit prompt + longest response into `max_length`: cut the prompt's start first (its end is what
-    the response answers), keeping at least one prompt token, then the responses' ends."""
-    excess = len(example.prompt) + max(map(len, example.responses)) - max_length
-    if excess <= 0:
+def truncate(example: Example, max_length: int, max_prompt_length: int) -> tuple[Example, bool]:
+    """TRL's DPO rule (`truncation_mode="keep_end"`): when prompt + longest response exceed
+    `max_length`, keep the prompt's last `max_prompt_length` tokens (its end is what the responses
+    answer); if that is still too long, keep each response's first `max_length - max_prompt_length`."""
+    longest = max(map(len, example.responses))
+    if len(example.prompt) + longest <= max_length:
         return example, False
-    prompt = example.prompt[min(excess, len(example.prompt) - 1) :]
-    room = max_length - len(prompt)
-    return Example(prompt, tuple(response[:room] for response in example.responses)), True
+    prompt = example.prompt[-max_prompt_length:]
+    responses = example.responses
+    if len(prompt) + longest > max_length:
+        responses = tuple(response[: max_length - max_prompt_length] for response in responses)
+    return Example(prompt, responses), True
 
 
 def read_jsonl(
@@ -207,8 +210,10 @@ def load_dataset(
     objective: str,
     max_length: int,
     skip_bad_lines: bool = False,
+    max_prompt_length: int | None = None,
 ) -> Dataset:
-    """Read, validate, tokenise and truncate a JSONL file for `objective`."""
+    """Read, validate, tokenise and truncate a JSONL file for `objective` (`max_prompt_length`
+    defaults to half of `max_length`, TRL's 512 of 1024)."""
     path = Path(path)
     records, skipped = read_jsonl(path, skip_bad_lines)
     examples, truncated = [], 0
@@ -219,14 +224,18 @@ def load_dataset(
         except BadRecord as error:
             skipped += _bad_line(path, number, str(error), skip_bad_lines)
             continue
-        example, was_cut = truncate(Example(rendered[0][0], tuple(r for _, r in rendered)), max_length)
+        example, was_cut = truncate(
+            Example(rendered[0][0], tuple(r for _, r in rendered)),
+            max_length,
+            max_prompt_length or max_length // 2,
+        )
         examples.append(example)
         truncated += was_cut
     if not examples:
         raise ClmError(f"{path} holds no usable examples")
     if truncated:
         log.warning(
-            "%s: %d of %d examples were longer than --max-length %d and were cut (prompt start first)",
+            "%s: %d of %d examples were longer than --max-length %d and were cut (see --max-prompt-length)",
             path,
             truncated,
             len(examples),

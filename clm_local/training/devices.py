@@ -40,9 +40,16 @@ def _supports_bf16(device: torch.device) -> bool:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """`auto` is bf16 on accelerators that support it and fp32 otherwise (CPU bf16 is slow)."""
+    """The frozen base's dtype (P and its optimizer state are float32 whatever this is).
+
+    `auto`: on CUDA and MPS bf16, or fp16 where the device has no bf16 (older GPUs and macOS
+    versions; losses are then scaled); on the CPU fp32, which is faster there than bf16 (see the
+    README's training table) -- pass `--dtype bf16` to halve the base's memory instead.
+    """
     if name == "auto":
-        return torch.bfloat16 if _supports_bf16(device) else torch.float32
+        if device.type == "cpu":
+            return torch.float32
+        return torch.bfloat16 if _supports_bf16(device) else torch.float16
     if name not in DTYPES:
         raise ClmError(f"unknown dtype '{name}' (choose from auto, {', '.join(DTYPES)})")
     return DTYPES[name]

@@ -3,12 +3,19 @@
 1. Refuse bad input early (base, output folder, data) before any weights are loaded.
 2. Load the base, insert P, and check that the model with P still equals the base.
 3. DPO: compute the reference log-probabilities once, with P bypassed (same network, no copy).
-4. Train P only (AdamW, gradient clipping at 1.0), writing metrics every step and a checkpoint
-   every `save_every` steps and at the end; `resume` continues from the last checkpoint exactly.
+   They are cached in CKPT, so a resumed run does not compute them again.
+4. Train P only (AdamW, gradient clipping at 1.0, TRL's learning-rate schedules), writing metrics
+   every step and a checkpoint every `save_every` steps and at the end; `resume` continues from the
+   last checkpoint exactly.
+
+Memory: the frozen base runs in the compute dtype (`--dtype`), P and AdamW's state stay float32;
+the frozen blocks can be recomputed in the backward pass (`memory.py`), and the answer tokens'
+log-probs are computed a chunk of positions at a time (`objectives.token_logprobs`).
 
 Batches are deterministic: epoch e visits the examples in `randperm(seed + e)` order, and optimizer
-step s of an epoch takes the next `batch_size * grad_accum` of them. A resumed run therefore
-sees the same batches, with the same optimizer state, as one that was never stopped.
+step s of an epoch takes the next `batch_size * grad_accum * processes` of them, each process its
+DistributedSampler share (see `distributed.py`). A resumed run therefore sees the same batches, with
+the same optimizer state, as one that was never stopped.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 import time
 from collections import defaultdict
@@ -26,6 +34,7 @@ from typing import TextIO
 
 import torch
 from tqdm import tqdm
+from transformers import get_scheduler
 
 from clm_local.errors import ClmError
 from clm_local.files import sha256_file
@@ -41,22 +50,30 @@ from clm_local.training.clm_block import (
     bypass_pre_layer,
     cached_logits,
     check_identity,
+    decoder_layers,
     insert_pre_layer,
     load_pre_layer_state,
     pre_layer_state,
+    replaced_pre_layer,
 )
 from clm_local.training.data import Dataset, collate, load_dataset
 from clm_local.training.devices import dtype_name, resolve_device, resolve_dtype
+from clm_local.training.distributed import SINGLE, World, process_group
 from clm_local.training.inputs import check_inputs, removed_if_left_empty
-from clm_local.training.objectives import dpo_terms, response_logprobs
+from clm_local.training.memory import checkpoint_blocks, checkpointing_default
+from clm_local.training.objectives import auto_chunk_tokens, dpo_terms, response_logprobs
 
 log = logging.getLogger(__name__)
 
 OBJECTIVES = ("dpo", "sft")
+# transformers' (and so TRL's) names; "constant" ignores warmup there, as it does here.
+LR_SCHEDULERS = ("constant", "linear", "cosine", "constant_with_warmup")
 MAX_GRAD_NORM = 1.0
 IDENTITY_PROBE_TOKENS = 64
-# Settings that decide which batches a step sees: a resumed run must keep them.
-RESUME_KEYS = ("seed", "batch_size", "grad_accum", "max_length")
+# Settings that decide which batches a step sees: a resumed run must keep them. Manifests written
+# before a key existed hold its old behaviour, given here.
+RESUME_KEYS = ("seed", "batch_size", "grad_accum", "max_length", "max_prompt_length", "processes")
+RESUME_KEY_DEFAULTS = {"processes": 1}
 
 
 @dataclass
@@ -71,6 +88,11 @@ class TrainOptions:
     batch_size: int = 4
     grad_accum: int = 1
     max_length: int = 1024
+    max_prompt_length: int | None = None  # TRL's; None: half of max_length
+    lr_scheduler: str = "constant"
+    warmup_ratio: float = 0.0
+    gradient_checkpointing: bool | None = None  # None: on for bases from memory.CHECKPOINTING_MIN_PARAMETERS
+    logprob_chunk_tokens: int | None = None  # None: objectives.auto_chunk_tokens; 0: no chunking
     seed: int = 0
     device: str = "auto"
     dtype: str = "auto"
@@ -94,6 +116,20 @@ class TrainOptions:
             (self.batch_size >= 1, "--batch-size must be at least 1"),
             (self.grad_accum >= 1, "--grad-accum must be at least 1"),
             (self.max_length >= 2, "--max-length must be at least 2"),
+            (
+                self.max_prompt_length is None or 1 <= self.max_prompt_length < self.max_length,
+                "--max-prompt-length must be at least 1 and less than --max-length",
+            ),
+            (self.lr_scheduler in LR_SCHEDULERS, f"--lr-scheduler must be one of {', '.join(LR_SCHEDULERS)}"),
+            (0 <= self.warmup_ratio < 1, "--warmup-ratio must be at least 0 and less than 1"),
+            (
+                self.warmup_ratio == 0 or self.lr_scheduler != "constant",
+                "--lr-scheduler constant has no warmup (as in TRL): use constant_with_warmup",
+            ),
+            (
+                self.logprob_chunk_tokens is None or self.logprob_chunk_tokens >= 0,
+                "--logprob-chunk-tokens must be 0 (no chunking) or positive",
+            ),
             (self.save_every >= 1, "--save-every must be at least 1"),
         ]
         for ok, message in checks:
@@ -121,16 +157,20 @@ def _data_info(dataset: Dataset) -> dict:
     }
 
 
-def _hyperparameters(options: TrainOptions, device: torch.device) -> dict:
-    """The manifest's record of how P was trained."""
+def _hyperparameters(options: TrainOptions, device: torch.device, world: World) -> dict:
+    """The manifest's record of how P was trained (the memory settings are added once the base is loaded)."""
     return {
         "beta": options.beta,
         "lr": options.lr,
+        "lr_scheduler": options.lr_scheduler,
+        "warmup_ratio": options.warmup_ratio,
         "epochs": options.epochs,
         "max_steps": options.max_steps,
         "batch_size": options.batch_size,
         "grad_accum": options.grad_accum,
+        "processes": world.size,
         "max_length": options.max_length,
+        "max_prompt_length": options.max_prompt_length or options.max_length // 2,
         "seed": options.seed,
         "save_every": options.save_every,
         "device": device.type,
@@ -147,17 +187,25 @@ def _same_base(manifest: dict, identity: dict) -> bool:
 class Trainer:
     """Holds the CLM model, the optimizer and the data of one run; `run()` trains and saves."""
 
-    def __init__(self, base: str | Path, data: str | Path, output: str | Path, options: TrainOptions) -> None:
+    def __init__(
+        self,
+        base: str | Path,
+        data: str | Path,
+        output: str | Path,
+        options: TrainOptions,
+        world: World = SINGLE,
+    ) -> None:
         options.validate()
         self.options = options
+        self.world = world
         self.output = Path(output)
         source = resolve_base(base)
         self.architecture = base_architecture(source)
-        checkpoint.prepare_output(self.output, options.resume, options.force)
+        checkpoint.prepare_output(self.output, options.resume, options.force, write=world.is_main)
         previous = checkpoint.read_manifest(self.output) if options.resume else None
         initial = checkpoint.read_manifest(Path(options.init_from)) if options.init_from else None
 
-        self.device = resolve_device(options.device)
+        self.device = world.device(resolve_device(options.device))
         self.dtype = resolve_dtype(options.dtype, self.device)
         self.tokenizer = load_tokenizer(source)
         self.datasets = {"train": self._load_data(data)}
@@ -166,7 +214,7 @@ class Trainer:
         self.data_info = {split: _data_info(dataset) for split, dataset in self.datasets.items()}
         log.info("hashing the base model's weight files")
         self.base = base_identity(source)
-        self.hyperparameters = _hyperparameters(options, self.device)
+        self.hyperparameters = _hyperparameters(options, self.device, world)
         if previous is not None:
             self._check_resumable(previous)
         if initial is not None and not _same_base(initial, self.base):
@@ -178,6 +226,9 @@ class Trainer:
         self.model = load_model(source, self.dtype, self.device)
         self.base_block_count = self.model.config.num_hidden_layers
         self.pre_layer = self._build_clm()
+        self._configure_memory()
+        # What the training forward calls in P's place: P itself, or P wrapped in DDP.
+        self.trained_pre_layer = world.wrap(self.pre_layer, self.device)
         self.optimizer = torch.optim.AdamW(self.pre_layer.parameters(), lr=options.lr, weight_decay=0.0)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.step = 0
@@ -186,16 +237,21 @@ class Trainer:
         elif options.init_from:
             self._restore(Path(options.init_from), with_optimizer=False)
 
-        examples_per_step = options.batch_size * options.grad_accum
-        self.steps_per_epoch = math.ceil(len(self.datasets["train"].examples) / examples_per_step)
+        # DistributedSampler pads each epoch's order to a multiple of the processes.
+        padded = math.ceil(len(self.datasets["train"].examples) / world.size) * world.size
+        self.examples_per_step = options.batch_size * options.grad_accum * world.size
+        self.steps_per_epoch = math.ceil(padded / self.examples_per_step)
         self.total_steps = options.max_steps or options.epochs * self.steps_per_epoch
+        self.scheduler = self._lr_schedule()
         self.reference: dict[str, torch.Tensor] = {}  # DPO: filled at the start of run()
 
     # -- setup -------------------------------------------------------------------------------------
 
     def _load_data(self, path: str | Path) -> Dataset:
         o = self.options
-        return load_dataset(path, self.tokenizer, o.objective, o.max_length, o.skip_bad_lines)
+        return load_dataset(
+            path, self.tokenizer, o.objective, o.max_length, o.skip_bad_lines, o.max_prompt_length
+        )
 
     def _check_resumable(self, previous: dict) -> None:
         """A resumed run must train the same P on the same batches; epochs/max-steps/lr may change."""
@@ -208,7 +264,8 @@ class Trainer:
         if previous["data"]["sha256"] != self.data_info["train"]["sha256"]:
             raise ClmError(f"--resume: the data file differs from the one {self.output} was trained on")
         for key in RESUME_KEYS:
-            before, now = previous["hyperparameters"][key], self.hyperparameters[key]
+            before = previous["hyperparameters"].get(key, RESUME_KEY_DEFAULTS.get(key))
+            now = self.hyperparameters[key]
             if before != now:
                 raise ClmError(
                     f"--resume: --{key.replace('_', '-')} was {before} in {self.output}, now {now}"
@@ -226,6 +283,54 @@ class Trainer:
         log.info("identity check passed (largest logit deviation %.3g)", deviation)
         return pre_layer
 
+    def _configure_memory(self) -> None:
+        """Gradient checkpointing of the frozen blocks and the LM head's chunk size (see module doc)."""
+        o = self.options
+        self.checkpointing = (
+            checkpointing_default(self.model)
+            if o.gradient_checkpointing is None
+            else o.gradient_checkpointing
+        )
+        if self.checkpointing:
+            checkpoint_blocks(list(decoder_layers(self.model))[1:])
+        vocabulary = self.model.lm_head.out_features
+        self.chunk_tokens = (
+            auto_chunk_tokens(vocabulary) if o.logprob_chunk_tokens is None else o.logprob_chunk_tokens
+        )
+        self.hyperparameters |= {
+            "gradient_checkpointing": self.checkpointing,
+            "logprob_chunk_tokens": self.chunk_tokens,
+        }
+        log.info(
+            "gradient checkpointing %s; answer log-probs in chunks of %s tokens",
+            "on" if self.checkpointing else "off",
+            self.chunk_tokens or "all",
+        )
+
+    def _lr_schedule(self) -> torch.optim.lr_scheduler.LambdaLR:
+        """TRL's schedule (transformers' `get_scheduler`) for this run, positioned at `self.step`.
+
+        Warmup lasts ceil(warmup_ratio * total_steps) steps, as in transformers' TrainingArguments.
+        The schedule is a function of the step, so a resumed run rebuilds it rather than loading it:
+        a changed --lr or --max-steps then takes effect (a loaded optimizer state would keep the old lr).
+        """
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] = self.options.lr
+        scheduler = get_scheduler(
+            self.options.lr_scheduler,
+            self.optimizer,
+            num_warmup_steps=math.ceil(self.options.warmup_ratio * self.total_steps),
+            num_training_steps=self.total_steps,
+        )
+        if self.step:  # the closed form at this step (stepping the scheduler here would warn)
+            scheduler.last_epoch = self.step
+            factors = scheduler.lr_lambdas
+            for group, base_lr, factor in zip(
+                self.optimizer.param_groups, scheduler.base_lrs, factors, strict=True
+            ):
+                group["lr"] = base_lr * factor(self.step)
+        return scheduler
+
     def _restore(self, directory: Path, with_optimizer: bool) -> None:
         tensors, step = checkpoint.load_pre_layer(directory)
         load_pre_layer_state(self.model, tensors)
@@ -242,22 +347,54 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
+    def _reference_key(self) -> dict:
+        """What the reference log-probs depend on: a cache made under another key is recomputed."""
+        o = self.options
+        return {
+            "base": [file["sha256"] for file in self.base["files"]],
+            "data": {split: info["sha256"] for split, info in self.data_info.items()},
+            "max_length": o.max_length,
+            "max_prompt_length": self.hyperparameters["max_prompt_length"],
+            "skip_bad_lines": o.skip_bad_lines,
+            "compute_dtype": dtype_name(self.dtype),
+        }
+
+    def _load_or_compute_reference(self) -> dict[str, torch.Tensor]:
+        """The reference log-probs of every split, from CKPT's cache when it was made for this run."""
+        key = self._reference_key()
+        cached = checkpoint.load_reference(self.output, key)
+        usable = cached is not None and set(cached) == set(self.datasets)
+        if self.world.all_true(usable, self.device):  # all processes must take the same path
+            log.info("reference log-probs read from %s", self.output / checkpoint.REFERENCE_FILE)
+            return cached
+        reference = {split: self._reference_logps(data) for split, data in self.datasets.items()}
+        if self.world.is_main:
+            checkpoint.save_reference(self.output, reference, key)
+        return reference
+
     @torch.no_grad()
     def _reference_logps(self, dataset: Dataset) -> torch.Tensor:
         """(examples, 2) reference log-probs of chosen and rejected, from the base (P bypassed).
 
-        Computed once per run: P is the only thing that changes, and it is bypassed here."""
-        size, rows = self.options.batch_size, []
-        chunks = range(0, len(dataset.examples), size)
-        bar = tqdm(chunks, desc="reference log-probs", file=sys.stderr, disable=not self.options.progress)
+        Each process computes every `size`-th example; the sum over processes fills in the rest."""
+        count, size = len(dataset.examples), self.options.batch_size
+        mine = list(range(self.world.rank, count, self.world.size))
+        logps = torch.zeros(count, 2, device=self.device)
+        bar = tqdm(
+            range(0, len(mine), size),
+            desc="reference log-probs",
+            file=sys.stderr,
+            disable=not (self.options.progress and self.world.is_main),
+        )
         with bypass_pre_layer(self.model), self._autocast():
             for start in bar:
+                indices = mine[start : start + size]
                 batch = collate(
-                    dataset.examples[start : start + size], self.tokenizer.pad_token_id, self.device
+                    [dataset.examples[i] for i in indices], self.tokenizer.pad_token_id, self.device
                 )
-                logps, _ = response_logprobs(self.model, batch)
-                rows.append(logps.view(2, -1).T.cpu())
-        return torch.cat(rows)
+                sums, _ = response_logprobs(self.model, batch, self.chunk_tokens)
+                logps[indices] = sums.view(2, -1).T
+        return self.world.sum(logps).cpu()
 
     # -- one forward ---------------------------------------------------------------------------------
 
@@ -267,7 +404,7 @@ class Trainer:
         examples = [self.datasets[split].examples[i] for i in indices]
         batch = collate(examples, self.tokenizer.pad_token_id, self.device)
         with self._autocast():
-            logps, counts = response_logprobs(self.model, batch)
+            logps, counts = response_logprobs(self.model, batch, self.chunk_tokens)
         if self.options.objective == "sft":
             loss = -logps.sum()
             return loss, {"loss": loss.item()}, int(counts.sum())
@@ -284,49 +421,74 @@ class Trainer:
 
     # -- training ----------------------------------------------------------------------------------
 
-    def _step_indices(self, step: int) -> list[int]:
-        """The examples of optimizer step `step`: a slice of its epoch's seeded permutation."""
+    def _step_indices(self, step: int) -> tuple[list[int], list[int]]:
+        """The examples of optimizer step `step` (a slice of its epoch's seeded permutation, padded
+        to a multiple of the processes as DistributedSampler does) and this process's share of them."""
         epoch, position = divmod(step, self.steps_per_epoch)
         generator = torch.Generator().manual_seed(self.options.seed + epoch)
-        order = torch.randperm(len(self.datasets["train"].examples), generator=generator)
-        per_step = self.options.batch_size * self.options.grad_accum
-        return order[position * per_step : (position + 1) * per_step].tolist()
+        order = torch.randperm(len(self.datasets["train"].examples), generator=generator).tolist()
+        order += order[: -len(order) % self.world.size]
+        per_step = self.examples_per_step
+        step_indices = order[position * per_step : (position + 1) * per_step]
+        return step_indices, step_indices[self.world.rank :: self.world.size]
+
+    def _policy(self) -> AbstractContextManager:
+        """The training forward: through DDP's wrapper of P when there are several processes."""
+        if self.trained_pre_layer is self.pre_layer:
+            return nullcontext()
+        return replaced_pre_layer(self.model, self.trained_pre_layer)
+
+    def _reduce(self, sums: dict[str, float], total: float) -> dict:
+        """Metric sums of this process, summed over all processes and averaged over `total`."""
+        if not self.world.distributed:
+            return {key: value / total for key, value in sums.items()}
+        values = self.world.sum(torch.tensor(list(sums.values()), dtype=torch.float64, device=self.device))
+        return {key: value / total for key, value in zip(sums, values.tolist(), strict=True)}
 
     def _train_step(self) -> dict:
-        """One optimizer step over `grad_accum` micro-batches; the loss is normalised over the whole
-        step, so the result does not depend on how the step is split."""
-        indices = self._step_indices(self.step)
+        """One optimizer step over `grad_accum` micro-batches in each process; the loss is normalised
+        over the whole step, so the result does not depend on how the step is split (DDP averages
+        the processes' gradients, hence the factor world.size)."""
+        step_indices, indices = self._step_indices(self.step)
         size = self.options.batch_size
         if self.options.objective == "dpo":
-            total = len(indices)
+            total = len(step_indices)
         else:
-            total = sum(len(self.datasets["train"].examples[i].responses[0]) for i in indices)
+            total = sum(len(self.datasets["train"].examples[i].responses[0]) for i in step_indices)
         sums: dict[str, float] = defaultdict(float)
-        for start in range(0, len(indices), size):
-            loss, terms, _ = self._forward("train", indices[start : start + size])
-            self.scaler.scale(loss / total).backward()
-            for key, value in terms.items():
-                sums[key] += value
+        starts = range(0, len(indices), size)
+        with self._policy():
+            for start in starts:
+                accumulating = start != starts[-1]
+                with self.world.no_sync(self.trained_pre_layer, accumulating):
+                    loss, terms, _ = self._forward("train", indices[start : start + size])
+                    self.scaler.scale(loss * self.world.size / total).backward()
+                for key, value in terms.items():
+                    sums[key] += value
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.pre_layer.parameters(), MAX_GRAD_NORM)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return {key: value / total for key, value in sums.items()} | {"grad_norm": grad_norm.item()}
+        return self._reduce(sums, total) | {"grad_norm": grad_norm.item()}
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """Metrics of the current P on the eval set (the train-time definitions, averaged over it)."""
+        """Metrics of the current P on the eval set (the train-time definitions, averaged over it);
+        each process takes every world.size-th example."""
         sums: dict[str, float] = defaultdict(float)
-        total = 0
+        units = 0
         count, size = len(self.datasets["eval"].examples), self.options.batch_size
-        for start in range(0, count, size):
-            _, terms, units = self._forward("eval", list(range(start, min(start + size, count))))
-            total += units
+        mine = list(range(self.world.rank, count, self.world.size))
+        for start in range(0, len(mine), size):
+            _, terms, batch_units = self._forward("eval", mine[start : start + size])
+            units += batch_units
             for key, value in terms.items():
                 sums[key] += value
-        return {key: value / total for key, value in sums.items()}
+        total = self.world.sum(torch.tensor([units], device=self.device)).item()
+        return self._reduce(sums, total)
 
     def _save(self, window: list[dict], eval_metrics: dict | None) -> dict:
         """Write the checkpoint; train metrics are averages over `window`, the steps since the last save."""
@@ -355,11 +517,15 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
         }
-        checkpoint.save_checkpoint(self.output, pre_layer_state(self.model), state, manifest)
+        if self.world.is_main:
+            checkpoint.save_checkpoint(self.output, pre_layer_state(self.model), state, manifest)
         return manifest
 
     def _open_metrics(self) -> TextIO:
-        """metrics.jsonl, cut back to the resumed step so it reads like one uninterrupted run."""
+        """metrics.jsonl, cut back to the resumed step so it reads like one uninterrupted run
+        (rank 0 only; the other processes write nowhere)."""
+        if not self.world.is_main:
+            return open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (closed by run's `with`)
         path = self.output / checkpoint.METRICS_FILE
         kept = []
         if self.options.resume and path.is_file():
@@ -370,17 +536,18 @@ class Trainer:
     def run(self) -> TrainResult:
         """Train until `total_steps`, checkpointing as configured; export the HF layout if asked."""
         if self.options.objective == "dpo":
-            self.reference = {split: self._reference_logps(data) for split, data in self.datasets.items()}
+            self.reference = self._load_or_compute_reference()
         window: list[dict] = []
         eval_metrics = manifest = None
         started = time.monotonic()
+        # Counted in examples (DPO: pairs), so the bar's rate is pairs/s and its ETA the run's end.
         bar = tqdm(
-            total=self.total_steps,
-            initial=self.step,
+            total=self.total_steps * self.examples_per_step,
+            initial=self.step * self.examples_per_step,
             desc=f"{self.options.objective} training",
-            unit="step",
+            unit="pair" if self.options.objective == "dpo" else "example",
             file=sys.stderr,
-            disable=not self.options.progress,
+            disable=not (self.options.progress and self.world.is_main),
         )
         with self._open_metrics() as metrics_file, bar:
 
@@ -395,10 +562,11 @@ class Trainer:
                 metrics_file.flush()
 
             while self.step < self.total_steps:
+                lr = self.optimizer.param_groups[0]["lr"]  # this step's, from the schedule
                 metrics = self._train_step()
                 window.append(metrics)
-                record("train", metrics | {"lr": self.options.lr})
-                bar.update(1)
+                record("train", metrics | {"lr": lr})
+                bar.update(self.examples_per_step)
                 bar.set_postfix(_postfix(metrics))
                 if self.step % self.options.save_every == 0 or self.step == self.total_steps:
                     if "eval" in self.datasets:
@@ -409,7 +577,7 @@ class Trainer:
         if manifest is None:  # nothing left to train (a resumed run that had finished): keep its files
             manifest = checkpoint.read_manifest(self.output)
         log.info("checkpoint saved in %s (step %d)", self.output, self.step)
-        if self.options.export_hf:
+        if self.options.export_hf and self.world.is_main:
             checkpoint.export_hf(self.model, self.tokenizer, Path(self.options.export_hf), self.options.force)
             log.info("expanded Hugging Face model written to %s", self.options.export_hf)
         return TrainResult(self.output, self.step, manifest["metrics"], manifest)
@@ -427,9 +595,12 @@ def train(
 
     `base` is a Hugging Face model folder or a GGUF file (Llama and Qwen2 families). Raises ClmError
     with a one-line message for every expected failure; bad inputs fail before anything slow, and a
-    failed run leaves no empty output folder behind.
+    failed run leaves no empty output folder behind. Started by torchrun, it is one process of a
+    data-parallel run (see `distributed.py`).
     """
     options = options or TrainOptions()
     check_inputs(base, data, options)
-    with removed_if_left_empty(Path(output)):
-        return Trainer(base, data, output, options).run()
+    with process_group(resolve_device(options.device)) as world:  # torchrun: one of several processes
+        cleanup = removed_if_left_empty(Path(output)) if world.is_main else nullcontext()
+        with cleanup:
+            return Trainer(base, data, output, options, world).run()
