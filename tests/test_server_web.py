@@ -75,6 +75,7 @@ def test_chat_at_the_slider_alpha(server: ServerProcess, browser: webdriver.Chro
     answer = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, ".message.assistant[data-done='true']"))
     assert answer.get_attribute("data-finish") in ("stop", "length")
     assert answer.find_element(By.CLASS_NAME, "text").text.strip()
+    assert int(answer.get_attribute("data-pieces")) > 1  # it arrived in pieces, as streamed
     assert "alpha 1.5 · logits" in answer.find_element(By.CLASS_NAME, "meta").text
     assert not browser.find_element(By.ID, "error").is_displayed()
 

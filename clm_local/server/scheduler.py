@@ -288,8 +288,10 @@ class Scheduler:
                 template = ChatTemplate.for_model(model)
             for warning in said:
                 print(f"warning: {warning.message}", file=sys.stderr, flush=True)
-        except ClmError as error:
-            self._startup_error = error
+        except Exception as error:  # noqa: BLE001 - whatever stops the load, start() must hear it
+            self._startup_error = (
+                error if isinstance(error, ClmError) else ClmError(f"{self.model_path}: {error}")
+            )
             self._ready.set()
             return
         self.model, self.template = model, template
@@ -305,6 +307,8 @@ class Scheduler:
                 if any(slot.job for slot in self._slots):
                     self._step_or_fail()
         finally:
+            with self._lock:
+                self._stopping = True  # also when the loop died of a bug: refuse new jobs
             for slot in self._slots:
                 if slot.job is not None:
                     self._end(slot, Failed(503, "the server is shutting down"))
@@ -342,28 +346,24 @@ class Scheduler:
                 prompt = self.template.tokens(request.messages)
             else:
                 prompt = self.model.tokenize(request.prompt or "", add_special=True, parse_special=True)
+            if not prompt:
+                raise ClmError("the prompt is empty")
+            if len(prompt) >= self.n_ctx:
+                raise ClmError(f"the prompt has {len(prompt)} tokens, the context holds {self.n_ctx} (--ctx)")
+            if not self.info.is_clm:
+                coefficients: tuple[float, ...] = (1.0,)
+            elif request.mode == "embed":
+                coefficients = (request.alpha,)
+            else:
+                coefficients = (1.0, 0.0)  # aligned, reference: mixed by alpha after each step
+            active = slot.sequences[: len(coefficients)]
+            if self.info.is_clm:
+                for seq, coefficient in zip(active, coefficients, strict=True):
+                    self.model.set_alpha(seq, coefficient)
         except ClmError as error:
             self._reject(job, 400, str(error))
             return
-        if not prompt:
-            self._reject(job, 400, "the prompt is empty")
-            return
-        if len(prompt) >= self.n_ctx:
-            self._reject(
-                job, 400, f"the prompt has {len(prompt)} tokens, the context holds {self.n_ctx} (--ctx)"
-            )
-            return
-        if not self.info.is_clm:
-            coefficients: tuple[float, ...] = (1.0,)
-        elif request.mode == "embed":
-            coefficients = (request.alpha,)
-        else:
-            coefficients = (1.0, 0.0)  # aligned, reference: mixed by alpha after each step
-        slot.active = slot.sequences[: len(coefficients)]
-        if self.info.is_clm:
-            for seq, coefficient in zip(slot.active, coefficients, strict=True):
-                self.model.set_alpha(seq, coefficient)
-        slot.job = job
+        slot.job, slot.active = job, active
         slot.prompt, slot.prefilled, slot.produced = prompt, 0, 0
         slot.max_tokens = request.max_tokens or self.n_ctx
         slot.sampler = Sampler(self.model.n_vocab, request.sampling)

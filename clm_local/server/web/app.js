@@ -95,8 +95,10 @@ async function sendChat(event) {
   $("send").disabled = true;
   $("stop").disabled = false;
   try {
+    box.dataset.pieces = "0";  // how many streamed pieces arrived (the test checks it streamed)
     const finish = await streamChat({ ...settings(), messages: conversation }, (piece, chunk) => {
       body.textContent += piece;
+      if (piece) box.dataset.pieces = String(Number(box.dataset.pieces) + 1);
       meta.textContent = `assistant · alpha ${chunk.alpha} · ${chunk.mode}`;
     }, chatAbort.signal);
     box.dataset.finish = finish || "";
