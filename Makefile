@@ -1,5 +1,6 @@
 # Set-up and the two everyday commands. `make demo` and `make test` each set up what is missing:
-# a virtual environment in .venv/, clm-local with its training and test extras, and the patched
+# a virtual environment in .venv/, clm-local with its training, test and server extras (plus
+# Debian's chromium for the web page's test, where apt runs as root), and the patched
 # llama.cpp runtime (compiled once, then taken from the wheel cache in ~/.cache/clm-local).
 #
 #   make demo                      # the main job on the embedded default model
@@ -25,7 +26,11 @@ $(STAMP): pyproject.toml clm_local/runtime/llama-cpp-pre-layer.patch
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[train,dev]"
+	$(BIN)/python -m pip install -q -e ".[train,dev,serve]"
+	# the web page's test drives Debian's headless Chromium: install it where apt runs as root
+	if ! command -v chromedriver >/dev/null && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends chromium chromium-driver; fi
 	$(BIN)/clm-local runtime install --backend $(BACKEND)
 	touch $@
 

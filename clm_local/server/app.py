@@ -1,0 +1,291 @@
+"""The HTTP side: a Starlette app with the OpenAI routes, /health, /metrics and the web page.
+
+Handlers never touch the model. They parse the body, hand a Job to the scheduler and relay its
+events: as one JSON answer, or as server-sent events ending in `data: [DONE]`. A client that goes
+away cancels its job, and the scheduler frees the slot at its next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from clm_local.server.openai_api import (
+    ApiError,
+    Defaults,
+    Reply,
+    include_usage,
+    parse_chat,
+    parse_completion,
+    usage,
+)
+from clm_local.server.scheduler import Failed, Finished, Job, Piece, QueueFull, Scheduler
+
+MAX_BODY_BYTES = 1 << 20
+RETRY_AFTER_SECONDS = 2
+DISCONNECT_POLL_SECONDS = 0.5  # how often a waiting non-streaming handler looks for a gone client
+WEB_DIR = Path(__file__).with_name("web")
+
+
+def build_app(
+    scheduler: Scheduler, *, api_key: str | None = None, default_mode: str | None = None
+) -> Starlette:
+    """The app around a scheduler; its lifespan starts the scheduler (if not yet) and stops it."""
+    info = scheduler.info
+    defaults = Defaults(
+        alpha=info.alpha_default,
+        mode=default_mode or info.mix_default,
+        n_ctx=scheduler.n_ctx,
+        model_id=Path(info.path).name.removesuffix(".gguf"),
+    )
+
+    def check_key(request: Request) -> None:
+        if api_key is None:
+            return
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), api_key.encode()):
+            raise ApiError(
+                401, "a valid API key is required (Authorization: Bearer KEY)", kind="invalid_api_key"
+            )
+
+    async def models(request: Request) -> Response:
+        check_key(request)
+        entry = {
+            "id": defaults.model_id,
+            "object": "model",
+            "created": int(Path(info.path).stat().st_mtime),
+            "owned_by": "clm-local",
+            "clm": {
+                "is_clm": info.is_clm,
+                "alpha_default": defaults.alpha,
+                "mode_default": defaults.mode,
+                "n_ctx": defaults.n_ctx,
+                "parallel": scheduler.parallel,
+            },
+        }
+        return JSONResponse({"object": "list", "data": [entry]})
+
+    async def chat_completions(request: Request) -> Response:
+        check_key(request)
+        body = await _json_body(request)
+        generation, stream = parse_chat(body, defaults)
+        return await _serve(request, scheduler, Reply(True, generation, defaults), generation, stream, body)
+
+    async def completions(request: Request) -> Response:
+        check_key(request)
+        body = await _json_body(request)
+        generation, stream = parse_completion(body, defaults)
+        return await _serve(request, scheduler, Reply(False, generation, defaults), generation, stream, body)
+
+    async def health(request: Request) -> Response:
+        in_flight, waiting = scheduler.load()
+        state = {
+            "status": "ok" if scheduler.running else "stopped",
+            "slots": scheduler.parallel,
+            "slots_busy": in_flight - waiting,
+            "waiting": waiting,
+        }
+        return JSONResponse(state, status_code=200 if scheduler.running else 503)
+
+    async def metrics(request: Request) -> Response:
+        check_key(request)
+        return PlainTextResponse(_prometheus(scheduler))
+
+    async def page(request: Request) -> Response:
+        return FileResponse(WEB_DIR / "index.html")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await asyncio.to_thread(scheduler.start)
+        yield
+        await asyncio.to_thread(scheduler.stop)
+
+    app = Starlette(
+        routes=[
+            Route("/", page),
+            Route("/health", health),
+            Route("/metrics", metrics),
+            Route("/v1/models", models),
+            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/completions", completions, methods=["POST"]),
+            Mount("/static", StaticFiles(directory=WEB_DIR), name="static"),
+        ],
+        exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _server_error},
+        lifespan=lifespan,
+    )
+    app.state.scheduler = scheduler
+    return app
+
+
+async def _serve(
+    request: Request,
+    scheduler: Scheduler,
+    reply: Reply,
+    generation: Any,
+    stream: bool,
+    body: dict[str, Any],
+) -> Response:
+    job = Job(generation, asyncio.get_running_loop())
+    try:
+        scheduler.submit(job)
+    except QueueFull as full:
+        raise ApiError(
+            503, f"the server is busy ({full}); try again shortly", kind="server_overloaded",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        ) from None  # fmt: skip
+    try:
+        first = await _next_event(job, request)  # Started or Failed: decides the HTTP status
+    except BaseException:
+        job.cancel()
+        raise
+    if isinstance(first, Failed):
+        raise ApiError(first.status, first.message, kind=_error_kind(first.status))
+    if stream:
+        return _JobStream(job, _event_stream(job, reply, include_usage(body)))
+    text: list[str] = []
+    try:
+        while True:
+            event = await _next_event(job, request)
+            if isinstance(event, Piece):
+                text.append(event.text)
+            elif isinstance(event, Finished):
+                counts = usage(event.prompt_tokens, event.completion_tokens)
+                return JSONResponse(reply.whole("".join(text), event.finish_reason, counts))
+            elif isinstance(event, Failed):
+                raise ApiError(event.status, event.message, kind=_error_kind(event.status))
+    finally:
+        job.cancel()  # a no-op once finished; frees the slot if the handler is left early
+
+
+async def _next_event(job: Job, request: Request) -> Any:
+    """The job's next event; a client that disconnects meanwhile cancels the job."""
+    while True:
+        try:
+            return await asyncio.wait_for(job.events.get(), DISCONNECT_POLL_SECONDS)
+        except TimeoutError:
+            if await request.is_disconnected():
+                job.cancel()
+                raise ApiError(499, "the client closed the connection") from None
+
+
+class _JobStream(StreamingResponse):
+    """Server-sent events of a job, which is cancelled when the response ends in any way (sent
+    in full, or the client gone: then the next write fails)."""
+
+    def __init__(self, job: Job, events: AsyncIterator[str]) -> None:
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        super().__init__(events, media_type="text/event-stream", headers=headers)
+        self.job = job
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.job.cancel()
+
+
+async def _event_stream(job: Job, reply: Reply, with_usage: bool) -> AsyncIterator[str]:
+    """OpenAI's chunks as server-sent events, then `data: [DONE]`."""
+    yield _sse(reply.chunk(None, first=True))
+    while True:
+        event = await job.events.get()
+        if isinstance(event, Piece):
+            yield _sse(reply.chunk(event.text))
+        elif isinstance(event, Finished):
+            yield _sse(reply.chunk(None, event.finish_reason))
+            if with_usage:
+                yield _sse(reply.usage_chunk(usage(event.prompt_tokens, event.completion_tokens)))
+            break
+        elif isinstance(event, Failed):
+            yield _sse(ApiError(event.status, event.message, kind=_error_kind(event.status)).body())
+            break
+    yield "data: [DONE]\n\n"
+
+
+def _sse(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    """The body as a JSON object, refused above MAX_BODY_BYTES before it is all read."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise ApiError(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+    data = bytearray()
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > MAX_BODY_BYTES:
+            raise ApiError(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+    try:
+        body = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ApiError(400, f"the body is not valid JSON: {error}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    return body
+
+
+def _error_kind(status: int) -> str:
+    return "server_error" if status >= 500 else "invalid_request_error"
+
+
+async def _api_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, ApiError)
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+async def _http_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, HTTPException)
+    kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
+    return JSONResponse(
+        ApiError(error.status_code, str(error.detail), kind=kind).body(),
+        status_code=error.status_code,
+        headers=error.headers,
+    )
+
+
+async def _server_error(request: Request, error: Exception) -> Response:
+    body = ApiError(500, f"internal error: {error}", kind="server_error").body()
+    return JSONResponse(body, status_code=500)
+
+
+def _prometheus(scheduler: Scheduler) -> str:
+    """The scheduler's counters in Prometheus' text format."""
+    metrics = scheduler.metrics
+    in_flight, waiting = scheduler.load()
+    rows = [  # (name, type, help, value)
+        ("clm_decode_steps_total", "counter", "llama_decode calls of the scheduler", metrics.decode_steps),
+        ("clm_decode_sequences_total", "counter", "sequences, summed over steps", metrics.decode_sequences),
+        ("clm_decode_slots_total", "counter", "requests, summed over steps", metrics.decode_slots),
+        ("clm_decode_tokens_total", "counter", "tokens, summed over steps", metrics.decode_tokens),
+        ("clm_decode_steps_with_several_slots_total", "counter", "steps serving more than one request",
+         metrics.steps_with_several_slots),
+        ("clm_decode_max_sequences_per_step", "gauge", "most sequences in one step",
+         metrics.max_sequences_per_step),
+        ("clm_decode_max_slots_per_step", "gauge", "most requests in one step", metrics.max_slots_per_step),
+        ("clm_requests_started_total", "counter", "requests that got a slot", metrics.requests_started),
+        ("clm_requests_finished_total", "counter", "requests answered to the end", metrics.requests_finished),
+        ("clm_requests_cancelled_total", "counter", "requests whose client left", metrics.requests_cancelled),
+        ("clm_requests_failed_total", "counter", "requests refused or failed", metrics.requests_failed),
+        ("clm_prompt_tokens_total", "counter", "prompt tokens decoded", metrics.prompt_tokens),
+        ("clm_completion_tokens_total", "counter", "answer tokens generated", metrics.completion_tokens),
+        ("clm_slots", "gauge", "parallel slots", scheduler.parallel),
+        ("clm_slots_busy", "gauge", "slots serving a request", in_flight - waiting),
+        ("clm_requests_waiting", "gauge", "requests waiting for a slot", waiting),
+    ]  # fmt: skip
+    lines = []
+    for name, kind, help_text, value in rows:
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
+    return "\n".join(lines) + "\n"
