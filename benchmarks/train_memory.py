@@ -6,11 +6,11 @@ memory savers, fp32 against a bf16 base.
 The models are random weights in the exact shapes of Qwen2.5-0.5B and Llama-3.2-1B, made from a
 transformers config (no download: speed and memory depend only on the shape) and kept in `--work`
 for the next run. The data is DPO pairs of a 256-token prompt and 256-token answers (512 tokens a
-sequence; a byte-level tokenizer without merges makes every letter one token), batch 1. Each configuration runs in
-its own process, one after the other: peak memory is the process's peak resident set size during
-`Trainer.run()` (reference pass and training; on Linux the peak is reset after loading) and, apart,
-after loading. Seconds per pair exclude the first step. On a GPU, peak memory is torch's peak
-allocation.
+sequence; a byte-level tokenizer without merges makes every letter one token), batch 1. Each
+configuration runs in its own process, one after the other: peak memory is the process's peak
+resident set size during `Trainer.run()` (reference pass and training; on Linux the peak is reset
+after loading) and, apart, after loading. Seconds per pair exclude the first step. On a GPU,
+peak memory is torch's peak allocation.
 """
 
 from __future__ import annotations
@@ -174,7 +174,9 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--configurations", nargs="+", default=[c[0] for c in CONFIGURATIONS])
     parser.add_argument("--steps", type=int, default=2, help="optimizer steps (pairs) per configuration")
@@ -199,7 +201,8 @@ def main() -> None:
         if not (base / "config.json").is_file():  # in its own process too: the parent stays small
             print(f"making the random {shape} model in {base} ...", file=sys.stderr)
             code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
-            code += f"import train_memory as t; from pathlib import Path; t.make_model({shape!r}, Path({str(base)!r}))"
+            code += "import train_memory as t; from pathlib import Path; "
+            code += f"t.make_model({shape!r}, Path({str(base)!r}))"
             subprocess.run([sys.executable, "-c", code], check=True)
         for name, dtype, checkpointing, chunk in CONFIGURATIONS:
             if name not in args.configurations:
@@ -214,11 +217,16 @@ def main() -> None:
                 tail = done.stderr.strip().splitlines()[-1:] or ["(no output)"]
                 row = {"shape": shape, "configuration": name, "error": tail[0]}
             else:
-                row = {"shape": shape, "configuration": name} | json.loads(done.stdout.strip().splitlines()[-1])
+                row = {"shape": shape, "configuration": name} | json.loads(
+                    done.stdout.strip().splitlines()[-1]
+                )
             print(json.dumps(row), flush=True)
             rows.append(row)
 
-    print("\n| shape | base dtype | checkpointing + chunked log-probs | peak train GiB | peak load GiB | s/pair |")
+    print(
+        "\n| shape | base dtype | checkpointing + chunked log-probs | peak train GiB | peak load GiB ", end=""
+    )
+    print("| s/pair |")
     print("|---|---|---|---|---|---|")
     for row in rows:
         dtype, saving = row["configuration"].split()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +83,10 @@ BLOCK_SHAPES: dict[str, ShapeRule] = {
     "attn_v.bias": lambda h, i: (h.n_head_kv[i] * h.head_v,),
     "attn_q_norm.weight": lambda h, i: (h.head_k,),
     "attn_k_norm.weight": lambda h, i: (h.head_k,),
+    "attn_qkv.weight": lambda h, i: (
+        h.n_embd,
+        h.n_head[i] * h.head_k + h.n_head_kv[i] * (h.head_k + h.head_v),
+    ),
     "attn_output.weight": lambda h, i: (h.n_head[i] * h.head_v, h.n_embd),
     "post_attention_norm.weight": lambda h, i: (h.n_embd,),
     "ffn_norm.weight": lambda h, i: (h.n_embd,),
@@ -102,6 +106,8 @@ class ArchRules:
     norm_eps_key: str = "attention.layer_norm_rms_epsilon"  # after "{arch}."
     # The graph asserts n_embd_head_v == n_embd_head_k == n_rot (llama.cpp aborts otherwise).
     rope_dim_is_head_size: bool = True
+    # Block tensors shaped unlike BLOCK_SHAPES in this graph (Phi-3's fused gate and up: 2 n_ff).
+    block_shapes: dict[str, ShapeRule] = field(default_factory=dict)
 
 
 _LLAMA_BLOCK = (
@@ -112,18 +118,33 @@ _LLAMA_BLOCK = (
     "attn_output.weight",
     "ffn_norm.weight",
 )
+_GATED_FFN = ("ffn_gate.weight", "ffn_up.weight", "ffn_down.weight")
+_GEMMA_BLOCK = (*_LLAMA_BLOCK, *_GATED_FFN, "post_attention_norm.weight", "post_ffw_norm.weight")
 ARCH_RULES: dict[str, ArchRules] = {
     "llama": ArchRules(block_tensors=_LLAMA_BLOCK),  # ffn tensors differ with experts (Mixtral)
     "qwen2": ArchRules(
+        block_tensors=(*_LLAMA_BLOCK, "attn_q.bias", "attn_k.bias", "attn_v.bias", *_GATED_FFN)
+    ),
+    "qwen3": ArchRules(
+        block_tensors=(*_LLAMA_BLOCK, "attn_q_norm.weight", "attn_k_norm.weight", *_GATED_FFN)
+    ),
+    # Gemma's head size is its own key (256 on Gemma 2 9B, not n_embd / n_head); no rope assert.
+    "gemma2": ArchRules(block_tensors=_GEMMA_BLOCK, rope_dim_is_head_size=False),
+    "gemma3": ArchRules(
+        block_tensors=(*_GEMMA_BLOCK, "attn_q_norm.weight", "attn_k_norm.weight"),
+        rope_dim_is_head_size=False,
+    ),
+    # Phi-3: q, k, v fused or apart (either loads); Phi-4-mini rotates only part of each head.
+    "phi3": ArchRules(
         block_tensors=(
-            *_LLAMA_BLOCK,
-            "attn_q.bias",
-            "attn_k.bias",
-            "attn_v.bias",
-            "ffn_gate.weight",
+            "attn_norm.weight",
+            "attn_output.weight",
+            "ffn_norm.weight",
             "ffn_up.weight",
             "ffn_down.weight",
-        )
+        ),
+        rope_dim_is_head_size=False,
+        block_shapes={"ffn_up.weight": lambda h, i: (h.n_embd, 2 * h.n_ff[i])},
     ),
 }
 
@@ -412,7 +433,7 @@ def _check_tensors(header: GgufHeader, hparams: Hparams, rules: ArchRules) -> No
     for name, tensor in by_name.items():
         match = _BLOCK_TENSOR.fullmatch(name)
         if match:
-            rule = BLOCK_SHAPES.get(match[2])
+            rule = rules.block_shapes.get(match[2]) or BLOCK_SHAPES.get(match[2])
             expected = rule(hparams, int(match[1])) if rule else None
         else:
             rule = GLOBAL_SHAPES.get(name)

@@ -220,6 +220,6 @@ def test_quantize_refusals(tmp_path: Path, load) -> None:
     model = make_tiny_model("llama", n_base_blocks=2)
     base = quantize_file(model.write(tmp_path / "base.gguf", "base"), tmp_path / "base-q8.gguf")
     checkpoint = write_checkpoint(tmp_path / "ckpt", tiny_pre_layer(model), base)
-    with pytest.raises(ClmError, match="requantizing from type q8_0 is disabled"):
+    with pytest.raises(ClmError, match=r"is already quantized \(Q8_0\); quantize from an F16, BF16 or F32"):
         convert(checkpoint, tmp_path / "out.gguf", ConvertOptions(quantize="Q4_0"))
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith((".out", "out"))]

@@ -155,3 +155,23 @@ def test_training_loads_the_base_as_llama_cpp_runs_it(family, kind: str) -> None
     expected = reference_logits(family.base_model(), TOKENS, 1.0, "logits")
     with torch.no_grad():
         assert close(model(input_ids=torch.tensor([TOKENS])).logits[0].numpy(), expected)
+
+
+def test_the_validator_applies_each_familys_rules(family, tmp_path: Path) -> None:
+    """Each family's CLM file passes the GGUF validator, and one with a tensor its graph requires
+    removed from a base block is refused by name before llama.cpp sees it."""
+    import gguf
+    from clm_local.converters.gguf_io import copy_metadata, copy_tensor, write_gguf
+
+    from clm_local.gguf_check import ARCH_RULES, check_gguf
+
+    source = family.files["clm_b"]
+    check_gguf(source)
+    reader = gguf.GGUFReader(source)
+    arch = tiny_families.gguf_architecture(family.family)
+    dropped = f"blk.1.{ARCH_RULES[arch].block_tensors[-1]}"
+    broken = tmp_path / "broken.gguf"
+    tensors = [copy_tensor(t) for t in reader.tensors if t.name != dropped]
+    write_gguf(broken, arch, copy_metadata(reader, {}), tensors, force=False)
+    with pytest.raises(ClmError, match=f"tensor {dropped} is missing"):
+        check_gguf(broken)
