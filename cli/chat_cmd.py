@@ -30,7 +30,12 @@ ModelOption = Annotated[
     ),
 ]
 ThreadsOption = Annotated[
-    int | None, typer.Option("--threads", help="CPU threads (default: all cores).", show_default=False)
+    int | None,
+    typer.Option(
+        "--threads",
+        help="CPU threads (default: all cores, fewer while other programs take some).",
+        show_default=False,
+    ),
 ]
 CtxOption = Annotated[int, typer.Option("--ctx", help="Context of the conversation, in tokens.")]
 GpuLayersOption = Annotated[

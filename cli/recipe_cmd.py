@@ -51,7 +51,10 @@ def eval_alpha(
     n_prompts: Annotated[int, typer.Option(help="Held-out prompts to answer per alpha.")] = 20,
     max_tokens: Annotated[int, typer.Option(help="Token limit of an answer.")] = 128,
     seed: Annotated[int, typer.Option(help="Seed of the prompt split (the recipe's).")] = 0,
-    threads: Annotated[int | None, typer.Option(help="llama.cpp threads (default: all cores).")] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(help="llama.cpp threads (default: all cores, fewer while other programs take some)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON on stdout.")] = False,
     plot: Annotated[Path | None, typer.Option(help="Write a PNG plot of both figures.")] = None,
 ) -> None:

@@ -26,7 +26,10 @@ def serve(
     parallel: Annotated[int, typer.Option(help="Requests decoded together in one batch (slots).")] = 4,
     ctx: Annotated[int, typer.Option("--ctx", help="Context of each request, in tokens.")] = 4096,
     threads: Annotated[
-        int | None, typer.Option(help="CPU threads (default: all cores).", show_default=False)
+        int | None,
+        typer.Option(
+            help="CPU threads (default: all cores, fewer while other programs take some).", show_default=False
+        ),
     ] = None,
     api_key: Annotated[
         str | None,

@@ -15,7 +15,7 @@ DEFAULT_CTX = 4096
 class BenchSettings:
     prompt_tokens: int = 256
     gen_tokens: int = 128
-    threads: int | None = None  # None: every core, as chat does
+    threads: int | None = None  # None: every core, fixed (the benchmark compares like with like)
     repeat: int = 5
     n_ctx: int = DEFAULT_CTX
     alpha: float = 0.8

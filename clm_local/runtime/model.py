@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -33,6 +33,7 @@ from clm_local.gguf_keys import (
     MIX_MODES,
 )
 from clm_local.runtime import library
+from clm_local.runtime.threads import ThreadTuner, candidate_counts, usable_cores
 
 ALIGNED_SEQ = 0  # in logits mode: coefficient 1 (the aligned path); in embed mode: the only sequence
 REFERENCE_SEQ = 1  # in logits mode: coefficient 0 (the base model's path)
@@ -122,6 +123,8 @@ class ClmModel:
     `n_ctx` is the context of one conversation (one sequence). A CLM model reserves it for each
     of its two sequences (aligned and reference), so the KV cache holds 2 * n_ctx positions.
     `n_sequences` overrides that count: 1 for embed mode only, more for parallel sampling.
+    `n_threads` fixes the CPU threads; by default decoding uses every usable core and fewer while
+    other programs take some (runtime/threads.py).
 
     One thread at a time: a call from a second thread while the first is inside a method raises
     ClmError (a server owns the model from one thread). Every method of a closed model raises
@@ -172,7 +175,9 @@ class ClmModel:
         self.n_sequences = n_sequences or (2 if self.info.is_clm else 1)
         if self.n_sequences < 1:
             raise ClmError("n_sequences must be positive")
-        threads = n_threads or os.cpu_count() or 1
+        # n_threads fixes the count; by default it follows how busy the machine is (threads.py)
+        self._threads = ThreadTuner((n_threads,) if n_threads else candidate_counts(usable_cores()))
+        self._applied_threads = threads = self._threads.current
         context_params = self._llama.llama_context_default_params()
         context_params.n_ctx = n_ctx * self.n_sequences
         context_params.n_seq_max = self.n_sequences
@@ -303,7 +308,7 @@ class ClmModel:
                 outputs = len(piece) if all_logits else int(offset <= len(tokens) - 1 < offset + chunk)
                 wanted.append((seq, outputs))
             self._batch.n_tokens = n
-            status = self._llama.llama_decode(self._context, self._batch)
+            status = self._timed_decode(n)
             if status != 0:
                 reason = "no room left in the KV cache" if status == 1 else library.last_log_error()
                 raise ClmError(f"llama.cpp could not decode the batch (status {status}): {reason}")
@@ -317,6 +322,23 @@ class ClmModel:
                     rows[seq].append(block[row : row + count].copy())
                     row += count
         return {seq: np.concatenate(parts) for seq, parts in rows.items()}
+
+    def _timed_decode(self, n_tokens: int) -> int:
+        """llama_decode of the filled batch, with the thread count the tuner picks for it."""
+        threads = self._threads.threads_for(n_tokens)
+        if threads != self._applied_threads:
+            self._llama.llama_set_n_threads(self._context, threads, threads)
+            self._applied_threads = threads
+        started = time.perf_counter()
+        status = self._llama.llama_decode(self._context, self._batch)
+        if status == 0:
+            self._threads.record(n_tokens, threads, time.perf_counter() - started)
+        return status
+
+    @property
+    def n_threads(self) -> int:
+        """The CPU threads decoding uses now (it changes with the machine's load unless fixed)."""
+        return self._threads.current
 
     def _put(self, index: int, token: int, position: int, seq_id: int, want_logits: bool) -> None:
         batch = self._batch
