@@ -31,6 +31,27 @@ REGRESSIONS: list[dict] = [
     {"base": "llama_clm", "op": "type_tag", "key": "general.architecture", "type": 9},
     {"base": "llama_bpe", "op": "set", "key": "tokenizer.chat_template", "type": 8, "value": "b:7bc3287d"},
     {"base": "qwen2_clm", "op": "nan_weights", "index": 0},
+    # byte flips that put a newline or a \x1d (a line break to str.splitlines) into a quoted key
+    # name: the error was more than one line (`make fuzz`, seed 1, cases 1065 and 4376)
+    {
+        "base": "llama_clm",
+        "op": "flips",
+        "flips": [
+            [3883, 6],
+            [3154, 148],
+            [3107, 61],
+            [1165, 141],
+            [856, 107],
+            [3160, 58],
+            [69, 153],
+            [2590, 105],
+        ],
+    },
+    {
+        "base": "llama_bpe",
+        "op": "flips",
+        "flips": [[2680, 165], [3408, 107], [1214, 12], [273, 2], [623, 114], [3764, 212]],
+    },
 ]
 
 
