@@ -52,13 +52,24 @@ def convert(
     ] = "auto",
     quantize: Annotated[
         str | None,
-        typer.Option(help="Quantize the result with llama.cpp's quantizer (a type such as Q4_K_M or Q8_0)."),
+        typer.Option(
+            help="Quantize the whole result, P and base blocks, with llama.cpp's quantizer (e.g. Q4_K_M); "
+            "needs an F16/BF16/F32 base. To keep a quantized base as it is, graft without this."
+        ),
     ] = None,
     alpha_default: Annotated[float, typer.Option(help="Alpha the runtime uses when none is given.")] = 1.0,
     mix_default: Annotated[str, typer.Option(help="How alpha mixes by default: logits or embed.")] = "logits",
     pre_layers: Annotated[
         int, typer.Option(help="Folders and GGUF sources: how many leading blocks are pre-layers.")
     ] = 1,
+    trust_layout: Annotated[
+        bool,
+        typer.Option(
+            "--trust-layout",
+            help="Folders and GGUF sources: take the first blocks as pre-layers even if they do not "
+            "look like copies of the first base block.",
+        ),
+    ] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Write one GGUF with the pre-layer that the patched runtime and a stock llama.cpp both load."""
@@ -75,6 +86,7 @@ def convert(
         force_base=force_base,
         quantize=quantize,
         force=force,
+        trust_layout=trust_layout,
     )
     started = time.perf_counter()
     kind = run_convert(source, out, options)

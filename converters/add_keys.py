@@ -18,6 +18,7 @@ from clm_local.gguf_file import open_gguf
 from .clm_metadata import check_gguf_source, clm_entries
 from .gguf_io import copy_metadata, copy_tensor, require_value, write_gguf
 from .layer_patterns import check_gemma_block_count, per_block_entries
+from .layout_check import check_pre_layers
 
 
 def add_clm_keys(
@@ -28,8 +29,10 @@ def add_clm_keys(
     alpha_default: float,
     mix_default: str,
     force: bool,
+    trust_layout: bool = False,
 ) -> None:
-    """Write `out`: `source` with the clm.* keys declaring its first `pre_layers` blocks as P."""
+    """Write `out`: `source` with the clm.* keys declaring its first `pre_layers` blocks as P, which
+    must look like pre-layers (layout_check.py) unless `trust_layout`."""
     reader = open_gguf(source)
     arch = check_gguf_source(reader, source)
     n_blocks = int(require_value(reader, gguf.Keys.LLM.BLOCK_COUNT.format(arch=arch), source))
@@ -43,4 +46,7 @@ def add_clm_keys(
     metadata = copy_metadata(reader, replace=per_block)
     metadata += [entry for key, entry in per_block.items() if key not in reader.fields]
     metadata += clm_entries(pre_layers=pre_layers, alpha_default=alpha_default, mix_default=mix_default)
-    write_gguf(out, arch, metadata, [copy_tensor(t) for t in reader.tensors], force=force)
+    tensors = [copy_tensor(t) for t in reader.tensors]
+    if not trust_layout:
+        check_pre_layers(tensors, pre_layers, source)
+    write_gguf(out, arch, metadata, tensors, force=force)

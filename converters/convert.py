@@ -41,6 +41,7 @@ class ConvertOptions:
     force_base: bool = False  # (a) only: accept a base other than the one P was trained on
     quantize: str | None = None  # a llama.cpp type name (Q4_K_M, ...), applied to the output
     force: bool = False  # replace an existing output
+    trust_layout: bool = False  # (b) and (c): skip the check that the first blocks look like pre-layers
 
 
 def source_kind(source: Path) -> SourceKind:
@@ -92,6 +93,8 @@ def _check_options(kind: SourceKind, options: ConvertOptions) -> None:
     check_defaults(options.alpha_default, options.mix_default)
     if kind is not SourceKind.CHECKPOINT and (options.base is not None or options.force_base):
         raise ClmError("--base and --force-base apply to training checkpoints only")
+    if kind is SourceKind.CHECKPOINT and options.trust_layout:
+        raise ClmError("--trust-layout applies to model folders and GGUF sources (a checkpoint's P is known)")
     if kind is SourceKind.CHECKPOINT and options.pre_layers != 1:
         raise ClmError("--pre-layers does not apply to a training checkpoint (it holds one pre-layer)")
     if kind is SourceKind.GGUF and options.outtype != "auto":
@@ -116,6 +119,15 @@ def _run(kind: SourceKind, source: Path, out: Path, options: ConvertOptions, *, 
             source, out, base=options.base, force_base=options.force_base, outtype=options.outtype, **defaults
         )
     elif kind is SourceKind.HF_FOLDER:
-        convert_hf_folder(source, out, pre_layers=options.pre_layers, outtype=options.outtype, **defaults)
+        convert_hf_folder(
+            source,
+            out,
+            pre_layers=options.pre_layers,
+            outtype=options.outtype,
+            trust_layout=options.trust_layout,
+            **defaults,
+        )
     else:
-        add_clm_keys(source, out, pre_layers=options.pre_layers, **defaults)
+        add_clm_keys(
+            source, out, pre_layers=options.pre_layers, trust_layout=options.trust_layout, **defaults
+        )

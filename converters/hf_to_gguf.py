@@ -30,6 +30,7 @@ from .gguf_io import OutputTensor, entries_from_writer, write_gguf
 from .hf_tensors import Heads, to_gguf_tensor
 from .hf_tokenizer import add_tokenizer
 from .layer_patterns import check_gemma_attention_scale
+from .layout_check import check_pre_layers
 from .safetensors_io import SafeTensor, read_safetensors
 
 _FILE_TYPES = {
@@ -89,14 +90,18 @@ def convert_hf_folder(
     alpha_default: float,
     mix_default: str,
     force: bool,
+    trust_layout: bool = False,
 ) -> None:
-    """Write `out`: the whole folder (weights and tokenizer) as a CLM GGUF."""
+    """Write `out`: the whole folder (weights and tokenizer) as a CLM GGUF; its first `pre_layers`
+    blocks must look like pre-layers (layout_check.py) unless `trust_layout`."""
     config = read_config(folder)
     if config.n_blocks <= pre_layers:
         raise ClmError(
             f"{folder} has {config.n_blocks} blocks: too few for {pre_layers} pre-layer(s) and a model"
         )
     tensors = _tensors(folder, config, outtype)
+    if not trust_layout:
+        check_pre_layers(tensors, pre_layers, folder)
 
     recorder = gguf.GGUFWriter(None, config.arch)  # no file: collects typed key/value pairs
     _add_general(recorder, folder, tensors)

@@ -8,7 +8,7 @@ import gguf
 import pytest
 from clm_local.converters.convert import ConvertOptions, convert
 from clm_local.converters.gguf_io import MetadataEntry, copy_metadata, copy_tensor, write_gguf
-from test_convert_fixtures import raw_fields, value
+from test_convert_fixtures import quantize_file, raw_fields, value
 from tiny_gguf import make_tiny_model
 
 from clm_local.errors import ClmError
@@ -82,3 +82,33 @@ def test_refuses_one_part_of_a_split_gguf(tmp_path: Path) -> None:
     )
     with pytest.raises(ClmError, match="one part of a split GGUF"):
         convert(part, tmp_path / "clm.gguf", ConvertOptions())
+
+
+def test_an_ordinary_model_is_not_taken_for_an_expanded_one(tmp_path: Path) -> None:
+    """Block 0 of an ordinary model is unrelated to block 1: refused unless --trust-layout."""
+    ordinary = make_tiny_model("llama", n_base_blocks=3).write(tmp_path / "ordinary.gguf", "base")
+    out = tmp_path / "clm.gguf"
+    with pytest.raises(
+        ClmError, match=r"block 0 does not look like a pre-layer: .* differ from block 1's by"
+    ):
+        convert(ordinary, out, ConvertOptions())
+    assert not out.exists()
+    convert(ordinary, out, ConvertOptions(trust_layout=True))
+    assert value(gguf.GGUFReader(out), "clm.pre_layer_count") == 1
+
+
+def test_a_quantized_expanded_model_passes_the_layout_check(tmp_path: Path) -> None:
+    source = make_tiny_model("llama", n_base_blocks=2).write(tmp_path / "expanded.gguf", "plain_expanded")
+    quantized = quantize_file(source, tmp_path / "expanded-q8.gguf")
+    convert(quantized, tmp_path / "clm.gguf", ConvertOptions())
+    assert value(gguf.GGUFReader(tmp_path / "clm.gguf"), "clm.pre_layer_count") == 1
+
+
+def test_trust_layout_does_not_apply_to_a_checkpoint(tmp_path: Path) -> None:
+    from test_convert_fixtures import tiny_pre_layer, write_checkpoint
+
+    model = make_tiny_model("llama", n_base_blocks=2)
+    base = model.write(tmp_path / "base.gguf", "base")
+    checkpoint = write_checkpoint(tmp_path / "ckpt", tiny_pre_layer(model), base)
+    with pytest.raises(ClmError, match="--trust-layout applies to model folders and GGUF sources"):
+        convert(checkpoint, tmp_path / "out.gguf", ConvertOptions(trust_layout=True))

@@ -192,6 +192,7 @@ def smollm2_tokenizer(folder: Path) -> Path:
 def smollm2_shaped_folder(folder: Path, rope: dict | None = None) -> Path:
     """A tiny random llama folder with SmolLM2's tokenizer."""
     import torch
+    from tiny_hf import make_block_0_a_pre_layer
     from transformers import LlamaConfig, LlamaForCausalLM
 
     smollm2_tokenizer(folder)
@@ -201,5 +202,7 @@ def smollm2_shaped_folder(folder: Path, rope: dict | None = None) -> Path:
         bos_token_id=1, eos_token_id=2, rope_parameters=rope,
     )  # fmt: skip
     torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
+    model = LlamaForCausalLM(config)
+    make_block_0_a_pre_layer(model)  # an expanded folder: block 0 is P
+    model.save_pretrained(folder)
     return folder

@@ -266,3 +266,22 @@ def test_same_file_as_llama_cpp_converter(tmp_path: Path, llama_cpp_converter: P
         k: v for k, v in ours_fields.items() if k.startswith("clm.")
     }
     assert [t.data.tobytes() for t in added.tensors] == [t.data.tobytes() for t in reference.tensors]
+
+
+def test_an_ordinary_folder_is_refused_unless_trusted(tmp_path: Path) -> None:
+    folder = tiny_hf.make_tiny_model(tmp_path / "m", "llama", expanded=False)
+    out = tmp_path / "out.gguf"
+    result = subprocess.run(
+        [sys.executable, "-m", "clm_local.cli.main", "convert", str(folder), str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1 and not out.exists()
+    assert result.stderr.count("\n") == 1 and "block 0 does not look like a pre-layer" in result.stderr
+    trusted = subprocess.run(
+        [sys.executable, "-m", "clm_local.cli.main", "convert", str(folder), str(out), "--trust-layout"],
+        capture_output=True,
+        text=True,
+    )
+    assert trusted.returncode == 0, trusted.stderr
+    assert out.is_file()

@@ -139,14 +139,20 @@ def make_base_folder(directory: Path, family: str, seed: int = 0) -> Path:
     return directory
 
 
+# HF names of the projections a pre-layer keeps close to the base block it copies (layout_check.py)
+_PRE_LAYER_INPUTS = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "qkv_proj.weight",
+                     "gate_proj.weight", "up_proj.weight", "gate_up_proj.weight")  # fmt: skip
+
+
 def expand(base_folder: Path, directory: Path, seed: int = 1) -> tuple[Path, dict[str, np.ndarray]]:
     """The expanded model: P inserted by the training code, then randomised; returns P's tensors too."""
     model = load_hf(base_folder)
     insert_pre_layer(model)
     torch.manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.model.layers[0].parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
+    with torch.no_grad():  # as training would: input projections move by 5%, the rest freely
+        for name, parameter in model.model.layers[0].named_parameters():
+            scale = 0.05 * float(parameter.std()) if name.endswith(_PRE_LAYER_INPUTS) else 0.05
+            parameter.add_(scale * torch.randn_like(parameter))
     model.save_pretrained(directory)
     transformers.AutoTokenizer.from_pretrained(base_folder).save_pretrained(directory)
     for name in ("tokenizer_config.json",):

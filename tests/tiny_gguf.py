@@ -195,6 +195,21 @@ def _identity_pre_layer(base_block_0: dict[str, np.ndarray]) -> dict[str, np.nda
     return block
 
 
+# What a trained P keeps of the base block it was copied from (converters/layout_check.py).
+PRE_LAYER_INPUTS = ("attn_q.weight", "attn_k.weight", "attn_v.weight", "ffn_gate.weight", "ffn_up.weight")
+
+
+def _trained_pre_layer(
+    rng: np.random.Generator, cfg: TinyConfig, base_block_0: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """P as training leaves it: its input projections base block 0's moved by 10%, its norms,
+    biases and residual writers (zero at initialisation) new."""
+    block = _random_block(rng, cfg, out_std=P_OUT_STD)
+    for name in PRE_LAYER_INPUTS:
+        block[name] = base_block_0[name] + 0.1 * block[name]
+    return block
+
+
 def make_tiny_model(
     arch: Arch,
     *,
@@ -229,7 +244,7 @@ def make_tiny_model(
     base = [_random_block(rng, cfg, out_std=0.5 * d**-0.5) for _ in range(n_base_blocks)]
     blocks = base
     if pre_layers:
-        p = _random_block(rng, cfg, out_std=P_OUT_STD) if with_p_random else _identity_pre_layer(base[0])
+        p = _trained_pre_layer(rng, cfg, base[0]) if with_p_random else _identity_pre_layer(base[0])
         blocks = [p, *base]
     for i, block in enumerate(blocks):
         tensors.update({f"blk.{i}.{k}": v for k, v in block.items()})

@@ -68,8 +68,11 @@ def make_tiny_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def make_tiny_model(directory: Path, architecture: str = "llama", seed: int = 0) -> Path:
-    """Write a tiny random `llama` or `qwen2` model folder with its tokenizer; return the folder."""
+def make_tiny_model(
+    directory: Path, architecture: str = "llama", seed: int = 0, expanded: bool = True
+) -> Path:
+    """Write a tiny random `llama` or `qwen2` model folder with its tokenizer; return the folder.
+    `expanded`: block 0 is made a plausible pre-layer (see make_block_0_a_pre_layer)."""
     tokenizer = make_tiny_tokenizer()
     common = dict(
         TINY_SIZES,
@@ -86,6 +89,8 @@ def make_tiny_model(directory: Path, architecture: str = "llama", seed: int = 0)
         model = Qwen2ForCausalLM(Qwen2Config(**common))
     else:
         raise ValueError(f"no tiny factory for {architecture!r}")
+    if expanded:
+        make_block_0_a_pre_layer(model)
     directory = Path(directory)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
@@ -98,6 +103,18 @@ def _llama_cpp_permute(weight: np.ndarray, n_head: int) -> np.ndarray:
     return (
         weight.reshape(n_head, 2, rows // n_head // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
     )
+
+
+def make_block_0_a_pre_layer(model: torch.nn.Module) -> None:
+    """Block 0's input projections become block 1's moved by 10%, as in a trained pre-layer, so
+    that the folder converts as an expanded model (converters/layout_check.py); as a plain base
+    it is as good as any random model."""
+    first, second = model.model.layers[0], model.model.layers[1]
+    with torch.no_grad():
+        for name in ("q_proj", "k_proj", "v_proj"):
+            getattr(first.self_attn, name).weight.mul_(0.1).add_(getattr(second.self_attn, name).weight)
+        for name in ("gate_proj", "up_proj"):
+            getattr(first.mlp, name).weight.mul_(0.1).add_(getattr(second.mlp, name).weight)
 
 
 def write_tiny_gguf(model_dir: Path, gguf_path: Path) -> Path:
