@@ -325,6 +325,7 @@ def _check_tokenizer(values: _Values, header: GgufHeader, arch: str) -> int | No
             raise _Problem(f"{key} must be an array of {item_type.name}")
         if len(header.values[key]) != tokens.count:
             raise _Problem(f"{key} has {len(header.values[key])} entries for {tokens.count} tokens")
+    _check_unique_tokens(header)
     if model == "gpt2" and merges is None:
         raise _Problem("tokenizer.ggml.model is 'gpt2' (BPE) but the file has no tokenizer.ggml.merges")
     if model == "llama":
@@ -347,6 +348,20 @@ def _string_array(header: GgufHeader, key: str) -> StringArray | None:
     if not isinstance(value, StringArray):
         raise _Problem(f"{key} must be an array of strings")
     return value
+
+
+def _check_unique_tokens(header: GgufHeader) -> None:
+    """Every token spelled once: llama.cpp maps text to ids and aborts when two ids share a text."""
+    tokens = header.values["tokenizer.ggml.tokens"]
+    if tokens.distinct == tokens.count:
+        return
+    seen: set[bytes] = set()
+    for index, token in enumerate(header.strings("tokenizer.ggml.tokens")):
+        if token in seen:
+            raise _Problem(
+                f"tokenizer.ggml.tokens[{index}] ({token.decode()!r}) appears twice in the vocabulary"
+            )
+        seen.add(token)
 
 
 def _check_byte_tokens(header: GgufHeader) -> None:

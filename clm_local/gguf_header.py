@@ -70,6 +70,7 @@ class StringArray:
 
     count: int
     offset: int  # file offset of the first item's length
+    distinct: int  # how many different items it holds (a vocabulary must not repeat one)
 
 
 @dataclass(frozen=True)
@@ -284,18 +285,27 @@ def _skip_strings(cursor: _Cursor, key: str, count: int) -> StringArray:
         joined.decode("utf-8")
     except UnicodeDecodeError:
         raise ClmError(f"{key}[{_first_invalid_item(data, start, count)}] is not valid UTF-8") from None
-    return StringArray(count, start)
+    pieces = joined.split(b"\0")
+    if len(pieces) != count:  # some item holds a NUL byte itself (legal, if rare): count them apart
+        pieces = [bytes(data[begin : begin + length]) for begin, length in _item_spans(data, start, count)]
+    return StringArray(count, start, len(set(pieces)))
+
+
+def _item_spans(data: mmap.mmap, position: int, count: int) -> Iterator[tuple[int, int]]:
+    """(start, length) of each item of a bounds-checked string array."""
+    for _ in range(count):
+        (length,) = struct.unpack_from("<Q", data, position)
+        yield position + 8, length
+        position += 8 + length
 
 
 def _first_invalid_item(data: mmap.mmap, position: int, count: int) -> int:
     """Index of the first item of a (bounds-checked) string array that is not UTF-8, else -1."""
-    for item in range(count):
-        (length,) = struct.unpack_from("<Q", data, position)
+    for item, (begin, length) in enumerate(_item_spans(data, position, count)):
         try:
-            data[position + 8 : position + 8 + length].decode("utf-8")
+            data[begin : begin + length].decode("utf-8")
         except UnicodeDecodeError:
             return item
-        position += 8 + length
     return -1
 
 
