@@ -73,3 +73,16 @@ def test_eight_alphas_at_once_answer_as_alone(server: ServerProcess) -> None:
     assert len(differ) <= 1
     assert several_slots > 0 and most_slots > 1
     assert most_sequences > most_slots  # logits-mode slots bring two sequences each
+
+
+def test_an_overflowing_alpha_fails_only_its_own_request(server: ServerProcess) -> None:
+    """alpha 3e38 overflows the logits mix of its slot: that request gets a 400 with the reason,
+    the request decoded in the same steps answers as it does alone."""
+    client = openai.OpenAI(base_url=server.api, api_key="none", max_retries=0, timeout=300)
+    normal = (1.0, "logits", "What do bees make?")
+    with ThreadPoolExecutor(2) as pool:
+        extreme = pool.submit(answer, client, 3e38, "logits", "What is the capital of France?")
+        together = pool.submit(answer, client, *normal)
+        with pytest.raises(openai.BadRequestError, match="alpha 3e\\+38 gives non-finite logits"):
+            extreme.result()
+        assert together.result() == answer(client, *normal)

@@ -277,13 +277,16 @@ class ClmModel:
 
     @_uses_context
     def decode(
-        self, tokens_by_seq: dict[int, list[int]], *, all_logits: bool = False
+        self, tokens_by_seq: dict[int, list[int]], *, all_logits: bool = False, check: bool = True
     ) -> dict[int, np.ndarray]:
         """Append tokens to sequences (one batch for all of them) and return their logits.
 
         Each sequence continues from its cached positions. With all_logits the result has a row
         per token, otherwise one row: the last token's. The sequences advance together through
         chunks of the batch size, so in logits mode the two paths always share a batch.
+        Non-finite logits raise ClmError unless `check` is off: a caller serving several
+        sequences (the server) then checks each one's rows itself, so that one sequence's
+        extreme alpha fails only that sequence.
         """
         if not tokens_by_seq:
             return {}
@@ -316,7 +319,8 @@ class ClmModel:
             if n_out:
                 pointer = self._llama.llama_get_logits(self._context)
                 block = np.ctypeslib.as_array(pointer, shape=(n_out, self.n_vocab))
-                check_finite(block)
+                if check:
+                    check_finite(block)
                 row = 0
                 for seq, count in wanted:
                     rows[seq].append(block[row : row + count].copy())

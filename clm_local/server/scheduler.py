@@ -34,7 +34,7 @@ import numpy as np
 from clm_local.chat.sampling import Sampler, SamplingParams
 from clm_local.chat.template import ChatTemplate, Message
 from clm_local.errors import ClmError
-from clm_local.runtime.model import ClmModel, ModelInfo, mix_logits, read_info
+from clm_local.runtime.model import NON_FINITE_CAUSES, ClmModel, ModelInfo, mix_logits, read_info
 
 # -- what a handler asks for and what it hears back ---------------------------------------------------
 
@@ -415,11 +415,16 @@ class Scheduler:
                 sampling.append(slot)
         if not batch:
             return
-        rows = self.model.decode(batch)
+        rows = self.model.decode(batch, check=False)  # checked per slot: one alpha fails one slot
         self.metrics.record_step(n_slots, len(batch), sum(len(tokens) for tokens in batch.values()))
         for slot in sampling:
             last = [rows[seq][-1] for seq in slot.active]
             logits = mix_logits(*last, slot.job.request.alpha) if len(last) == 2 else last[0]
+            if not np.isfinite(logits).all():
+                self.metrics.requests_failed += 1
+                message = f"alpha {slot.job.request.alpha:g} gives non-finite logits: {NON_FINITE_CAUSES}"
+                self._end(slot, Failed(400, message))
+                continue
             self._answer(slot, logits)
 
     def _answer(self, slot: Slot, logits: np.ndarray) -> None:
