@@ -114,12 +114,8 @@ class GgufHeader:
         if not isinstance(array, StringArray):
             raise TypeError(f"{key} is not a string array")
         with self.path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            position = array.offset
-            for _ in range(array.count):
-                (length,) = struct.unpack_from("<Q", data, position)
-                position += 8
-                yield bytes(data[position : position + length])
-                position += length
+            for begin, length in _item_spans(data, array.offset, array.count):
+                yield bytes(data[begin : begin + length])
 
 
 class _Cursor:
