@@ -32,7 +32,7 @@ import transformers
 from clm_local.converters.convert import ConvertOptions, convert
 from clm_local.converters.gguf_io import copy_metadata, copy_tensor, write_gguf
 from test_convert_fixtures import write_checkpoint
-from tiny_hf import make_tiny_tokenizer
+from tiny_hf import PRE_LAYER_INPUTS, make_tiny_tokenizer
 
 from clm_local.files import cache_dir
 from clm_local.training.clm_block import insert_pre_layer, pre_layer_state
@@ -139,11 +139,6 @@ def make_base_folder(directory: Path, family: str, seed: int = 0) -> Path:
     return directory
 
 
-# HF names of the projections a pre-layer keeps close to the base block it copies (layout_check.py)
-_PRE_LAYER_INPUTS = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "qkv_proj.weight",
-                     "gate_proj.weight", "up_proj.weight", "gate_up_proj.weight")  # fmt: skip
-
-
 def expand(base_folder: Path, directory: Path, seed: int = 1) -> tuple[Path, dict[str, np.ndarray]]:
     """The expanded model: P inserted by the training code, then randomised; returns P's tensors too."""
     model = load_hf(base_folder)
@@ -151,7 +146,7 @@ def expand(base_folder: Path, directory: Path, seed: int = 1) -> tuple[Path, dic
     torch.manual_seed(seed)
     with torch.no_grad():  # as training would: input projections move by 5%, the rest freely
         for name, parameter in model.model.layers[0].named_parameters():
-            scale = 0.05 * float(parameter.std()) if name.endswith(_PRE_LAYER_INPUTS) else 0.05
+            scale = 0.05 * float(parameter.std()) if name.endswith(PRE_LAYER_INPUTS) else 0.05
             parameter.add_(scale * torch.randn_like(parameter))
     model.save_pretrained(directory)
     transformers.AutoTokenizer.from_pretrained(base_folder).save_pretrained(directory)

@@ -195,18 +195,17 @@ def _identity_pre_layer(base_block_0: dict[str, np.ndarray]) -> dict[str, np.nda
     return block
 
 
-# What a trained P keeps of the base block it was copied from (converters/layout_check.py).
-PRE_LAYER_INPUTS = ("attn_q.weight", "attn_k.weight", "attn_v.weight", "ffn_gate.weight", "ffn_up.weight")
-
-
 def _trained_pre_layer(
     rng: np.random.Generator, cfg: TinyConfig, base_block_0: dict[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
-    """P as training leaves it: its input projections base block 0's moved by 10%, its norms,
-    biases and residual writers (zero at initialisation) new."""
+    """P as training leaves it: its input projections (those converters/layout_check.py compares)
+    base block 0's moved by 10%, its norms, biases and residual writers (zero at initialisation) new."""
+    from clm_local.converters.layout_check import COMPARED_PARTS
+
     block = _random_block(rng, cfg, out_std=P_OUT_STD)
-    for name in PRE_LAYER_INPUTS:
-        block[name] = base_block_0[name] + 0.1 * block[name]
+    for name in COMPARED_PARTS:
+        if name in block:
+            block[name] = base_block_0[name] + 0.1 * block[name]
     return block
 
 

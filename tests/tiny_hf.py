@@ -105,16 +105,27 @@ def _llama_cpp_permute(weight: np.ndarray, n_head: int) -> np.ndarray:
     )
 
 
+# Hugging Face names of the input projections converters/layout_check.py compares (fused in Phi-3).
+PRE_LAYER_INPUTS = (
+    "q_proj.weight",
+    "k_proj.weight",
+    "v_proj.weight",
+    "qkv_proj.weight",
+    "gate_proj.weight",
+    "up_proj.weight",
+    "gate_up_proj.weight",
+)
+
+
 def make_block_0_a_pre_layer(model: torch.nn.Module) -> None:
     """Block 0's input projections become block 1's moved by 10%, as in a trained pre-layer, so
     that the folder converts as an expanded model (converters/layout_check.py); as a plain base
     it is as good as any random model."""
-    first, second = model.model.layers[0], model.model.layers[1]
+    second = dict(model.model.layers[1].named_parameters())
     with torch.no_grad():
-        for name in ("q_proj", "k_proj", "v_proj"):
-            getattr(first.self_attn, name).weight.mul_(0.1).add_(getattr(second.self_attn, name).weight)
-        for name in ("gate_proj", "up_proj"):
-            getattr(first.mlp, name).weight.mul_(0.1).add_(getattr(second.mlp, name).weight)
+        for name, parameter in model.model.layers[0].named_parameters():
+            if name.endswith(PRE_LAYER_INPUTS):
+                parameter.mul_(0.1).add_(second[name])
 
 
 def write_tiny_gguf(model_dir: Path, gguf_path: Path) -> Path:
