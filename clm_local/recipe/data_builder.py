@@ -16,7 +16,7 @@ from pathlib import Path
 
 from clm_local.chat.sampling import Sampler, SamplingParams
 from clm_local.chat.template import ChatTemplate
-from clm_local.recipe.evaluate import answer_text
+from clm_local.recipe.answers import answer_text
 from clm_local.recipe.preference import Sample, rank
 from clm_local.runtime.model import ClmModel
 

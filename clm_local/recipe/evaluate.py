@@ -1,31 +1,24 @@
 """`clm-local eval-alpha`: how the preference moves with alpha, on held-out prompts.
 
-For each mode and alpha, every held-out prompt is answered greedily through the chat code path,
-then two numbers are averaged over the prompts:
+For each mode and alpha, every held-out prompt is answered greedily (answers.py: several prompts
+and alphas per llama.cpp batch), then two numbers are averaged over the prompts:
 - metric: the measured property of the default preference, the answer's length in words
   (lower = more concise = more aligned);
 - guard: the base model's perplexity of the answer (the file at alpha 0 is the base model), which
   rises when extrapolation breaks the text (loops, gibberish).
+`recipe compare` reports the same measures with intervals, and two more, against other systems.
 """
 
 from __future__ import annotations
 
-import math
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-
-from clm_local.chat.generation import Decoder
-from clm_local.chat.sampling import SamplingParams
-from clm_local.chat.template import ChatTemplate
 from clm_local.errors import ClmError
-from clm_local.recipe.preference import word_count
+from clm_local.recipe.answers import ClmSource
+from clm_local.recipe.cells import System, evaluate_systems
 from clm_local.runtime.model import ClmModel
-
-GREEDY = SamplingParams(temp=0.0)
 
 
 @dataclass(frozen=True)
@@ -37,54 +30,22 @@ class AlphaRow:
     n: int  # prompts answered
 
 
-def answer_text(model: ClmModel, tokens: Sequence[int]) -> str:
-    return b"".join(model.token_to_piece(t) for t in tokens).decode("utf-8", errors="replace")
-
-
-def base_perplexity(model: ClmModel, prompt: Sequence[int], answer: Sequence[int]) -> float:
-    """exp(mean negative log-likelihood) of the answer tokens under the base model (alpha 0)."""
-    logits = model.logits([*prompt, *answer], alpha=0.0, mode="embed")[len(prompt) - 1 : -1]
-    logits = logits - logits.max(axis=1, keepdims=True)
-    log_probs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
-    return math.exp(-float(np.mean(log_probs[np.arange(len(answer)), answer])))
-
-
 def evaluate_alphas(
     model: ClmModel,
-    prompts: Sequence[str],
+    prompts: Sequence[list[int]],
     alphas: Sequence[float],
     modes: Sequence[str],
     *,
     max_tokens: int = 128,
     progress: bool = True,
 ) -> list[AlphaRow]:
-    """One row per (mode, alpha): greedy answers to every prompt, measured and guarded."""
+    """One row per (mode, alpha): greedy answers to every (chat-templated) prompt, measured and
+    guarded. The model runs n_sequences // 2 answers side by side."""
     if not prompts:
         raise ClmError("no prompts to evaluate")
-    template = ChatTemplate.for_model(model)
-    prompt_tokens = [template.tokens([{"role": "user", "content": prompt}]) for prompt in prompts]
-    rows = []
-    for mode in modes:
-        for alpha in alphas:
-            decoder = Decoder(model)
-            answers = [list(decoder.generate(p, alpha, mode, GREEDY, max_tokens)) for p in prompt_tokens]
-            words = [word_count(answer_text(model, answer)) for answer in answers]
-            scored = zip(prompt_tokens, answers, strict=True)
-            perplexities = [base_perplexity(model, p, a) for p, a in scored if a]
-            row = AlphaRow(
-                alpha=alpha,
-                mode=mode,
-                metric=float(np.mean(words)),
-                guard=float(np.mean(perplexities)) if perplexities else math.nan,
-                n=len(prompts),
-            )
-            if progress:
-                print(
-                    f"  {mode:6s} alpha={alpha:5.2f}  words={row.metric:6.1f}  base ppl={row.guard:7.2f}",
-                    file=sys.stderr,
-                )
-            rows.append(row)
-    return rows
+    systems = [System(mode, ClmSource(model, mode), alphas) for mode in modes]
+    cells, _ = evaluate_systems(systems, prompts, model, max_tokens=max_tokens, progress=progress)
+    return [AlphaRow(c.alpha, c.system, c.words.mean, c.base_ppl.mean, c.n) for c in cells]
 
 
 def rows_as_json(rows: Sequence[AlphaRow]) -> list[dict]:

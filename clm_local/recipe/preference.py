@@ -35,6 +35,18 @@ def repetition_rate(text: str, n: int = 3) -> float:
     return 1.0 - len(set(grams)) / len(grams)
 
 
+def repeats_ngram(text: str, *, n: int = 4, times: int = 3) -> bool:
+    """Whether some word n-gram occurs `times` times or more: the mark of a looping answer."""
+    words = re.findall(r"\w+", text.lower())
+    counts: dict[tuple[str, ...], int] = {}
+    for i in range(len(words) - n + 1):
+        gram = tuple(words[i : i + n])
+        counts[gram] = counts.get(gram, 0) + 1
+        if counts[gram] >= times:
+            return True
+    return False
+
+
 def rank(samples: list[Sample]) -> tuple[str, str] | None:
     """(chosen, rejected): the shortest finished answer against the longest answer.
 
