@@ -151,6 +151,7 @@ TEMPLATE_GROUPS = [
 class PromptSplit:
     train: list[str]
     held_out: list[str]
+    dev: list[str]
 
 
 def all_prompts() -> list[str]:
@@ -163,11 +164,15 @@ def all_prompts() -> list[str]:
     return prompts
 
 
-def split_prompts(seed: int, *, held_out_fraction: float = 0.15, limit: int | None = None) -> PromptSplit:
-    """A seeded shuffle cut into disjoint train and held-out prompt lists.
+def split_prompts(
+    seed: int, *, held_out_fraction: float = 0.15, limit: int | None = None, dev: int = 0
+) -> PromptSplit:
+    """A seeded shuffle cut into disjoint train, dev and held-out prompt lists.
 
     `limit` keeps the first prompts of the shuffle (for quick runs); the split is taken first,
-    so the held-out list of a limited run is a prefix of the full run's.
+    so the held-out list of a limited run is a prefix of the full run's. The last `dev` train
+    prompts become the dev list, so the remaining train prompts keep their places (and the
+    recipe's per-prompt seeds their samples) whatever `dev` is.
     """
     prompts = all_prompts()
     random.Random(seed).shuffle(prompts)
@@ -176,4 +181,6 @@ def split_prompts(seed: int, *, held_out_fraction: float = 0.15, limit: int | No
     if limit is not None:
         train = train[:limit]
         held_out = held_out[: max(1, round(limit * held_out_fraction))]
-    return PromptSplit(train=train, held_out=held_out)
+    if not 0 <= dev < len(train):
+        raise ValueError(f"dev must leave train prompts: {dev} of {len(train)}")
+    return PromptSplit(train=train[: len(train) - dev], held_out=held_out, dev=train[len(train) - dev :])

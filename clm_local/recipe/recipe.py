@@ -1,8 +1,11 @@
 """`clm-local recipe default`: regenerate the default CLM model from nothing but PyPI and this repo.
 
-1. split the project's prompts into train and held-out (seeded);
+1. split the project's prompts into train, dev and held-out (seeded); the dev prompts choose the
+   training settings (`recipe tune`), the held-out ones measure the result (`eval-alpha`,
+   `recipe compare`), and neither reaches training;
 2. sample answers to the train prompts from the base SmolLM2 and keep concise/long-winded pairs;
-3. train P with DPO on CPU (the project's trainer);
+3. train P on CPU (the project's trainer): SFT on the chosen answers when `sft_epochs` says so,
+   then DPO;
 4. graft P onto the base GGUF (the project's converter);
 5. with --ship, copy P and its manifest into the package (`clm_local/default_pre_layer/`), the
    files the default chat model is built from.
@@ -12,13 +15,18 @@ Every step's settings, counts and duration go to `recipe_log.jsonl` in the work 
 from __future__ import annotations
 
 import json
+import resource
 import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clm_local.errors import ClmError
+
+if TYPE_CHECKING:
+    from clm_local.training.trainer import TrainResult
 
 
 @dataclass(frozen=True)
@@ -28,9 +36,12 @@ class RecipeSettings:
     samples_per_prompt: int = 4
     max_tokens: int = 128  # per sampled answer; longer ones count as unfinished (long-winded)
     sample_temp: float = 0.9
+    dev_prompts: int = 30  # the last train prompts of the split, kept for `recipe tune`
     epochs: int = 2
     lr: float = 5e-6  # 5e-5 collapsed the policy (DPO margin > 50, gibberish at alpha 1)
     beta: float = 0.1
+    sft_epochs: int = 0  # SFT on the chosen answers before DPO (0: none)
+    sft_lr: float = 5e-6
     batch_size: int = 4
     max_length: int = 256
     threads: int | None = None
@@ -57,7 +68,6 @@ def run_default_recipe(work: Path, settings: RecipeSettings, *, ship: bool, forc
     from clm_local.default_model import SHIPPED_PRE_LAYER, base_model_path
     from clm_local.recipe.data_builder import build_preference_data
     from clm_local.recipe.prompts import split_prompts
-    from clm_local.training import TrainOptions, train
 
     if work.exists() and any(work.iterdir()) and not force:
         raise ClmError(f"{work} exists and is not empty (use --force to start over there)")
@@ -68,9 +78,9 @@ def run_default_recipe(work: Path, settings: RecipeSettings, *, ship: bool, forc
     log.step("settings", **asdict(settings))
 
     base = base_model_path()
-    split = split_prompts(settings.seed, limit=settings.train_prompts)
+    split = split_prompts(settings.seed, limit=settings.train_prompts, dev=settings.dev_prompts)
     (work / "prompts.json").write_text(json.dumps(asdict(split), indent=1) + "\n")
-    log.step("prompts", train=len(split.train), held_out=len(split.held_out))
+    log.step("prompts", train=len(split.train), dev=len(split.dev), held_out=len(split.held_out))
 
     data = work / "train.jsonl"
     with clm_local.load(
@@ -88,19 +98,15 @@ def run_default_recipe(work: Path, settings: RecipeSettings, *, ship: bool, forc
     log.step("data", **asdict(stats))
 
     checkpoint = work / "ckpt"
-    options = TrainOptions(
-        objective="dpo",
-        beta=settings.beta,
-        lr=settings.lr,
-        epochs=settings.epochs,
-        batch_size=settings.batch_size,
-        max_length=settings.max_length,
-        seed=settings.seed,
-        device="cpu",
-        dtype="fp32",
+    started = time.monotonic()
+    result = train_pre_layer(base, data, checkpoint, settings)
+    log.step(
+        "train",
+        optimizer_steps=result.step,
+        metrics=result.metrics,
+        seconds=round(time.monotonic() - started, 1),
+        peak_rss_bytes=peak_rss_bytes(),
     )
-    result = train(base, data, checkpoint, options)
-    log.step("train", optimizer_steps=result.step, metrics=result.metrics)
 
     out = work / "default-clm.gguf"
     convert(checkpoint, out, ConvertOptions(base=base))
@@ -111,4 +117,48 @@ def run_default_recipe(work: Path, settings: RecipeSettings, *, ship: bool, forc
         for name in ("pre_layer.safetensors", "clm_manifest.json"):
             shutil.copy2(checkpoint / name, SHIPPED_PRE_LAYER / name)
         log.step("ship", folder=str(SHIPPED_PRE_LAYER))
+    return out
+
+
+def train_pre_layer(base: Path, data: Path, checkpoint: Path, settings: RecipeSettings) -> TrainResult:
+    """P trained on `data` with the recipe's settings: optional SFT on the chosen answers, then DPO."""
+    from clm_local.training import TrainOptions, train
+
+    common = {
+        "batch_size": settings.batch_size,
+        "max_length": settings.max_length,
+        "seed": settings.seed,
+        "device": "cpu",
+        "dtype": "fp32",
+        "force": True,
+    }
+    init_from = None
+    if settings.sft_epochs:
+        init_from = checkpoint.with_name(checkpoint.name + "-sft")
+        sft = TrainOptions(objective="sft", lr=settings.sft_lr, epochs=settings.sft_epochs, **common)
+        train(base, chosen_answers(data), init_from, sft)
+    dpo = TrainOptions(
+        objective="dpo",
+        beta=settings.beta,
+        lr=settings.lr,
+        epochs=settings.epochs,
+        init_from=init_from,
+        **common,
+    )
+    return train(base, data, checkpoint, dpo)
+
+
+def peak_rss_bytes() -> int:
+    """The process's high-water mark of resident memory (Linux and macOS units differ)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def chosen_answers(data: Path) -> Path:
+    """The chosen answers of the pairs in `data` as SFT records (`sft.jsonl` beside it)."""
+    out = data.with_name("sft.jsonl")
+    with data.open() as pairs, out.open("w") as records:
+        for line in pairs:
+            pair = json.loads(line)
+            records.write(json.dumps({"prompt": pair["prompt"], "completion": pair["chosen"]}) + "\n")
     return out
