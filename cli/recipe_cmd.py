@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from clm_local.errors import ClmError
+from clm_local.recipe.recipe import RecipeSettings
 
 recipe_app = typer.Typer(help="Rebuild the project's default CLM model from scratch.", no_args_is_help=True)
 
@@ -22,6 +23,9 @@ def default(
     train_prompts: Annotated[
         int | None, typer.Option(help="Use only this many train prompts (default: all).", show_default=False)
     ] = None,
+    dev_prompts: Annotated[
+        int, typer.Option(help="Train prompts kept aside for `recipe tune` (never sampled).")
+    ] = RecipeSettings.dev_prompts,
     ship: Annotated[bool, typer.Option(help="Copy the trained P into clm_local/default_pre_layer/.")] = False,
     force: Annotated[bool, typer.Option(help="Empty WORK first if it holds an earlier run.")] = False,
 ) -> None:
@@ -30,11 +34,71 @@ def default(
     The other settings are fixed in clm_local/recipe/recipe.py (RecipeSettings), so that the
     shipped model has one recipe.
     """
-    from clm_local.recipe.recipe import RecipeSettings, run_default_recipe
+    from clm_local.recipe.recipe import run_default_recipe
 
-    settings = RecipeSettings(seed=seed, train_prompts=train_prompts)
+    settings = RecipeSettings(seed=seed, train_prompts=train_prompts, dev_prompts=dev_prompts)
     out = run_default_recipe(work, settings, ship=ship, force=force)
     typer.echo(f"default CLM model: {out}")
+
+
+EVAL_SLOTS = 8  # answers decoded side by side (two sequences each in logits mode)
+WorkFolder = Annotated[Path, typer.Argument(help="A finished `recipe default` folder (--work).")]
+Threads = Annotated[
+    int | None,
+    typer.Option(help="llama.cpp threads (default: all cores, fewer while other programs take some)."),
+]
+
+
+@recipe_app.command("tune")
+def tune(
+    work: WorkFolder,
+    candidate: Annotated[
+        list[str] | None, typer.Option(help="Only this candidate (repeatable; default: all).")
+    ] = None,
+    max_tokens: Annotated[int, typer.Option(help="Token limit of an answer.")] = 128,
+    threads: Threads = None,
+) -> None:
+    """Train each candidate setting on WORK's pairs and choose one by the rule in recipe/tune.py."""
+    from clm_local.recipe.cells import Cell, Interval
+    from clm_local.recipe.compare import format_table
+    from clm_local.recipe.tune import run_tune
+
+    report = run_tune(work, max_tokens=max_tokens, threads=threads, only=candidate)
+    cells = [
+        Cell(**{k: Interval(**v) if isinstance(v, dict) else v for k, v in cell.items()})
+        for cell in report["cells"]
+    ]
+    typer.echo(format_table(cells))
+    for verdict in report["verdicts"]:
+        typer.echo(f"{verdict['candidate']}: passing modes {verdict['passing_modes'] or 'none'}")
+    typer.echo(f"choice: {report['choice'] or 'none (no candidate passes the rule)'}")
+
+
+@recipe_app.command("compare")
+def compare(
+    work: WorkFolder,
+    alphas: str = typer.Option(
+        "0.5,1,1.25,1.5,2,3", help="Comma-separated alphas of CLM and the two-model mix."
+    ),
+    n_prompts: Annotated[
+        int | None, typer.Option(help="Held-out prompts to answer (default: all).", show_default=False)
+    ] = None,
+    max_tokens: Annotated[int, typer.Option(help="Token limit of an answer.")] = 128,
+    quick: Annotated[
+        bool, typer.Option(help="A CI-sized run: 3 prompts, alphas 1 and 2, 16 tokens.")
+    ] = False,
+    threads: Threads = None,
+) -> None:
+    """CLM against full-model DPO and the two-model mix, on WORK's pairs and held-out prompts."""
+    from clm_local.recipe import compare as comparison
+
+    settings = {"alphas": _float_list(alphas), "n_prompts": n_prompts, "max_tokens": max_tokens}
+    if quick:
+        settings |= comparison.QUICK
+    if settings["n_prompts"] is not None and settings["n_prompts"] < 1:
+        raise ClmError("--n-prompts must be at least 1")
+    comparison.run_compare(work, threads=threads, **settings)
+    typer.echo((work / "compare" / "compare.md").read_text(), nl=False)
 
 
 def _float_list(text: str) -> list[float]:
@@ -51,10 +115,7 @@ def eval_alpha(
     n_prompts: Annotated[int, typer.Option(help="Held-out prompts to answer per alpha.")] = 20,
     max_tokens: Annotated[int, typer.Option(help="Token limit of an answer.")] = 128,
     seed: Annotated[int, typer.Option(help="Seed of the prompt split (the recipe's).")] = 0,
-    threads: Annotated[
-        int | None,
-        typer.Option(help="llama.cpp threads (default: all cores, fewer while other programs take some)."),
-    ] = None,
+    threads: Threads = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON on stdout.")] = False,
     plot: Annotated[Path | None, typer.Option(help="Write a PNG plot of both figures.")] = None,
 ) -> None:
@@ -62,6 +123,7 @@ def eval_alpha(
     import clm_local
     from clm_local.default_model import default_model_path
     from clm_local.recipe import evaluate
+    from clm_local.recipe.answers import context_for, templated_prompts
     from clm_local.recipe.prompts import split_prompts
 
     modes = ["logits", "embed"] if mode == "both" else [mode]
@@ -69,8 +131,10 @@ def eval_alpha(
         raise ClmError(f"--mode must be logits, embed or both, got {mode!r}")
     if n_prompts < 1:
         raise ClmError("--n-prompts must be at least 1")
-    prompts = split_prompts(seed).held_out[:n_prompts]
-    with clm_local.load(model or default_model_path(), n_ctx=1024, n_threads=threads) as loaded:
+    path = model or default_model_path()
+    prompts = templated_prompts(path, split_prompts(seed).held_out[:n_prompts], threads)
+    n_ctx = context_for(prompts, max_tokens)
+    with clm_local.load(path, n_ctx=n_ctx, n_threads=threads, n_sequences=2 * EVAL_SLOTS) as loaded:
         rows = evaluate.evaluate_alphas(loaded, prompts, _float_list(alphas), modes, max_tokens=max_tokens)
     if plot is not None:
         evaluate.plot(rows, plot)

@@ -86,7 +86,7 @@ def _pre_layer_tensors(
 ) -> list[OutputTensor]:
     """P in GGUF form, checked name by name and shape by shape against the base's block 0."""
     source = read_safetensors(weights)
-    heads = _heads(reader, base, arch)
+    heads = read_heads(reader, base, arch)
     converted: dict[str, OutputTensor] = {}
     hf_names: dict[str, str] = {}
     for hf_name, tensor in source.items():
@@ -141,7 +141,7 @@ def _base_name(reader: gguf.GGUFReader, base: Path) -> str:
     return field_value(reader, gguf.Keys.General.NAME) or base.stem
 
 
-def _heads(reader: gguf.GGUFReader, base: Path, arch: str) -> Heads:
+def read_heads(reader: gguf.GGUFReader, base: Path, arch: str) -> Heads:
     n_head = int(require_value(reader, gguf.Keys.Attention.HEAD_COUNT.format(arch=arch), base))
     n_head_kv = reader.get_field(gguf.Keys.Attention.HEAD_COUNT_KV.format(arch=arch))
     return Heads(n_head, n_head if n_head_kv is None else int(n_head_kv.contents()))
