@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -59,16 +60,11 @@ def tune(
     threads: Threads = None,
 ) -> None:
     """Train each candidate setting on WORK's pairs and choose one by the rule in recipe/tune.py."""
-    from clm_local.recipe.cells import Cell, Interval
-    from clm_local.recipe.compare import format_table
+    from clm_local.recipe.cells import Cell, format_table
     from clm_local.recipe.tune import run_tune
 
     report = run_tune(work, max_tokens=max_tokens, threads=threads, only=candidate)
-    cells = [
-        Cell(**{k: Interval(**v) if isinstance(v, dict) else v for k, v in cell.items()})
-        for cell in report["cells"]
-    ]
-    typer.echo(format_table(cells))
+    typer.echo(format_table([Cell.from_dict(cell) for cell in report["cells"]]))
     for verdict in report["verdicts"]:
         typer.echo(f"{verdict['candidate']}: passing modes {verdict['passing_modes'] or 'none'}")
     typer.echo(f"choice: {report['choice'] or 'none (no candidate passes the rule)'}")
@@ -122,8 +118,8 @@ def eval_alpha(
     """Answer held-out prompts greedily at each alpha: conciseness (words) and a quality guard."""
     import clm_local
     from clm_local.default_model import default_model_path
-    from clm_local.recipe import evaluate
-    from clm_local.recipe.answers import context_for, templated_prompts
+    from clm_local.recipe import cells
+    from clm_local.recipe.answers import ClmSource, context_for, templated_prompts
     from clm_local.recipe.prompts import split_prompts
 
     modes = ["logits", "embed"] if mode == "both" else [mode]
@@ -135,13 +131,14 @@ def eval_alpha(
     prompts = templated_prompts(path, split_prompts(seed).held_out[:n_prompts], threads)
     n_ctx = context_for(prompts, max_tokens)
     with clm_local.load(path, n_ctx=n_ctx, n_threads=threads, n_sequences=2 * EVAL_SLOTS) as loaded:
-        rows = evaluate.evaluate_alphas(loaded, prompts, _float_list(alphas), modes, max_tokens=max_tokens)
+        systems = [cells.System(m, ClmSource(loaded, m), _float_list(alphas)) for m in modes]
+        found, _ = cells.evaluate_systems(systems, prompts, loaded, max_tokens=max_tokens)
     if plot is not None:
-        evaluate.plot(rows, plot)
+        cells.plot(found, plot)
     if as_json:
-        typer.echo(json.dumps(evaluate.rows_as_json(rows)))
+        typer.echo(json.dumps([asdict(cell) for cell in found]))
     else:
-        typer.echo(evaluate.format_table(rows))
+        typer.echo(cells.format_table(found))
 
 
 def register(app: typer.Typer) -> None:

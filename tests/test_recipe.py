@@ -81,15 +81,16 @@ def test_eval_alpha_returns_well_formed_rows(tmp_path: Path) -> None:
     result = subprocess.run([*command, "--json", "--plot", str(plot)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
-    assert [(row["alpha"], row["mode"]) for row in rows] == [
+    assert [(row["alpha"], row["system"]) for row in rows] == [
         (0.0, "logits"),
         (1.5, "logits"),
         (0.0, "embed"),
         (1.5, "embed"),
     ]
     for row in rows:
-        assert set(row) == {"alpha", "mode", "metric", "guard", "n"}
-        assert row["n"] == 2 and row["metric"] > 0 and math.isfinite(row["guard"]) and row["guard"] >= 1
+        assert set(row) == {"system", "alpha", "n", "words", "base_ppl", "ended", "loops"}
+        assert row["n"] == 2 and row["words"]["mean"] > 0
+        assert math.isfinite(row["base_ppl"]["mean"]) and row["base_ppl"]["low"] >= 1
     assert plot.stat().st_size > 1000
 
 

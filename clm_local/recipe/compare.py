@@ -19,7 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from clm_local.errors import ClmError
-from clm_local.recipe.cells import Cell, System, evaluate_systems
+from clm_local.recipe.cells import BASE, System, evaluate_systems, format_table, plot
 from clm_local.recipe.recipe import RecipeSettings
 
 COMPARE_ALPHAS = (0.5, 1.0, 1.25, 1.5, 2.0, 3.0)
@@ -102,7 +102,7 @@ def run_compare(
         clm_local.load(full_path, n_sequences=slots, **load) as full,
     ):
         systems = [
-            System("base", PlainSource(base), [0.0]),
+            System(BASE, PlainSource(base), [0.0]),
             System("clm/logits", ClmSource(clm, "logits"), alphas),
             System("clm/embed", ClmSource(clm, "embed"), alphas),
             System("full-dpo mix", MixSource(full, base), alphas),
@@ -122,25 +122,6 @@ def run_compare(
     return report
 
 
-def _interval(mean: float, low: float, high: float, digits: int) -> str:
-    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
-
-
-def format_table(cells: Sequence[Cell]) -> str:
-    """A Markdown table: one line per (system, alpha), mean [95% interval] of every measure."""
-    lines = [
-        "| system | alpha | words | base ppl | ended | loops |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for c in cells:
-        lines.append(
-            f"| {c.system} | {c.alpha:g} | {_interval(*asdict(c.words).values(), 1)} | "
-            f"{_interval(*asdict(c.base_ppl).values(), 2)} | {_interval(*asdict(c.ended).values(), 2)} | "
-            f"{_interval(*asdict(c.loops).values(), 2)} |"
-        )
-    return "\n".join(lines)
-
-
 def format_costs(costs: dict) -> str:
     lines = ["| trained | parameters | steps | time | peak memory |", "|---|---:|---:|---:|---:|"]
     for name, cost in costs.items():
@@ -149,44 +130,3 @@ def format_costs(costs: dict) -> str:
             f"{cost['seconds'] / 60:.1f} min | {cost['peak_rss_bytes'] / 2**30:.2f} GiB |"
         )
     return "\n".join(lines)
-
-
-def plot(cells: Sequence[Cell], path: Path) -> None:
-    """Words and base perplexity against alpha with their intervals, one line per system."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ClmError("the plot needs matplotlib: pip install 'clm-local[train]'") from None
-    figure, axes = plt.subplots(1, 3, figsize=(15, 4))
-    panels = [
-        ("words", "mean answer length (words)"),
-        ("base_ppl", "base-model perplexity"),
-        ("loops", "looping answers"),
-    ]
-    for axis, (measure, label) in zip(axes, panels, strict=True):
-        for system in dict.fromkeys(c.system for c in cells):
-            mine = [c for c in cells if c.system == system]
-            values = [getattr(c, measure) for c in mine]
-            if len(mine) == 1:  # the base: a horizontal band
-                axis.axhspan(values[0].low, values[0].high, color="grey", alpha=0.2)
-                axis.axhline(values[0].mean, color="grey", label=system)
-                continue
-            x = [c.alpha for c in mine]
-            axis.errorbar(
-                x,
-                [v.mean for v in values],
-                yerr=[[v.mean - v.low for v in values], [v.high - v.mean for v in values]],
-                marker="o",
-                capsize=3,
-                label=system,
-            )
-        axis.set(xlabel="alpha", ylabel=label)
-        axis.axvline(1, color="grey", lw=0.5, ls="--")
-        axis.legend()
-    axes[1].set_yscale("log")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from clm_local.errors import ClmError
-from clm_local.recipe.cells import Cell, System, evaluate_systems, find
+from clm_local.recipe.cells import BASE, Cell, System, evaluate_systems, find
 from clm_local.recipe.recipe import train_pre_layer
 
 TUNE_ALPHAS = (1.0, 1.5, 2.0)
@@ -100,7 +100,7 @@ def run_tune(
     n_ctx = context_for(prompts, max_tokens)
     with clm_local.load(base_path, n_ctx=n_ctx, n_threads=threads, n_sequences=slots) as base:
         base_cells, _ = evaluate_systems(
-            [System("base", PlainSource(base), [0.0])], prompts, base, max_tokens=max_tokens
+            [System(BASE, PlainSource(base), [0.0])], prompts, base, max_tokens=max_tokens
         )
         cells += base_cells
         for name in names:
