@@ -30,7 +30,7 @@ def default(
     ship: Annotated[bool, typer.Option(help="Copy the trained P into clm_local/default_pre_layer/.")] = False,
     force: Annotated[bool, typer.Option(help="Empty WORK first if it holds an earlier run.")] = False,
 ) -> None:
-    """Prompts -> sampled preference pairs -> DPO on P -> GGUF, every step logged.
+    """Prompts -> sampled preference pairs -> SFT and DPO on P -> GGUF, every step logged.
 
     The other settings are fixed in clm_local/recipe/recipe.py (RecipeSettings), so that the
     shipped model has one recipe.

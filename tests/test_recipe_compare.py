@@ -126,18 +126,22 @@ def test_the_full_dpo_gguf_runs_as_the_trained_model(tmp_path: Path) -> None:
 
     base = default_model.base_model_path()
     model = load_model(resolve_base(base), torch.float32, torch.device("cpu"))
-    with torch.no_grad():  # a visible change, so a tensor copied from the base would show
-        model.model.layers[3].self_attn.q_proj.weight.mul_(1.5)
-        model.model.layers[3].self_attn.k_proj.weight.mul_(0.5)
-    out = tmp_path / "full.gguf"
-    write_trained_gguf(model, base, out)
     tokens = [1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365]
     with torch.no_grad():
+        untrained = model(torch.tensor([tokens])).logits[0].numpy()
+        # a visible change in one block, so that a tensor copied from the base would show
+        model.model.layers[3].self_attn.q_proj.weight.mul_(1.5)
+        model.model.layers[3].self_attn.k_proj.weight.mul_(0.5)
+        model.model.layers[3].mlp.down_proj.weight.mul_(2.0)
         expected = model(torch.tensor([tokens])).logits[0].numpy()
+    out = tmp_path / "full.gguf"
+    write_trained_gguf(model, base, out)
     with clm_local.load(out, n_ctx=32, n_threads=2) as loaded:
         with pytest.warns(UserWarning, match="alpha has no effect"):
             got = loaded.logits(tokens)
-    np.testing.assert_allclose(got, expected, atol=2e-2, rtol=0)
+    assert np.abs(expected - untrained).max() > 1.0
+    # llama.cpp keeps the KV cache in F16: a few logits differ by up to ~0.04 from torch's F32
+    np.testing.assert_allclose(got, expected, atol=0.1, rtol=0)
 
 
 @pytest.fixture(scope="module")

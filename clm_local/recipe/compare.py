@@ -50,14 +50,17 @@ def _logged_step(work: Path, step: str) -> dict:
 
 
 def clm_cost(work: Path) -> dict:
-    """P's training cost, as the recipe logged it, and its parameter count."""
+    """P's training cost: parameters and optimizer steps (SFT's too) from its checkpoints, time
+    and peak memory as the recipe logged them."""
     from safetensors.numpy import load_file
 
     train = _logged_step(work, "train")
     weights = load_file(work / "ckpt" / "pre_layer.safetensors")
+    checkpoints = [work / "ckpt", work / "ckpt-sft"]
+    manifests = [json.loads((c / "clm_manifest.json").read_text()) for c in checkpoints if c.is_dir()]
     return {
         "parameters": sum(tensor.size for tensor in weights.values()),
-        "steps": train["optimizer_steps"],
+        "steps": sum(manifest["progress"]["step"] for manifest in manifests),
         "seconds": train["seconds"],
         "peak_rss_bytes": train["peak_rss_bytes"],
     }
