@@ -55,6 +55,8 @@ def clm_cost(work: Path) -> dict:
     from safetensors.numpy import load_file
 
     train = _logged_step(work, "train")
+    if "seconds" not in train or "peak_rss_bytes" not in train:
+        raise ClmError(f"{work} was made by an older clm-local that logged no training cost: re-run it")
     weights = load_file(work / "ckpt" / "pre_layer.safetensors")
     checkpoints = [work / "ckpt", work / "ckpt-sft"]
     manifests = [json.loads((c / "clm_manifest.json").read_text()) for c in checkpoints if c.is_dir()]
