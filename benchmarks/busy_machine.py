@@ -42,17 +42,18 @@ def competitors(count: int) -> Iterator[None]:
 def decode_speed(model_path: str, threads: int | None, tokens: int) -> float:
     """Greedy decode tokens/s in logits mode at alpha 0.8, after reading the prompt."""
     import clm_local
-    from clm_local.runtime.model import ALIGNED_SEQ, REFERENCE_SEQ, mix_logits
+    from clm_local.runtime.model import ALIGNED_SEQ, REFERENCE_SEQ
 
     with clm_local.load(model_path, n_ctx=512, n_threads=threads) as model:
         prompt = model.tokenize(PROMPT)
         model.set_alpha(ALIGNED_SEQ, 1.0)
         model.set_alpha(REFERENCE_SEQ, 0.0)
-        out = model.decode({ALIGNED_SEQ: prompt, REFERENCE_SEQ: prompt})
+        mix = {ALIGNED_SEQ: (REFERENCE_SEQ, 0.8)}
+        out = model.decode({ALIGNED_SEQ: prompt, REFERENCE_SEQ: prompt}, mix=mix)
         started = time.perf_counter()
         for _ in range(tokens):
-            token = int(np.argmax(mix_logits(out[ALIGNED_SEQ][-1], out[REFERENCE_SEQ][-1], 0.8)))
-            out = model.decode({ALIGNED_SEQ: [token], REFERENCE_SEQ: [token]})
+            token = int(np.argmax(out[ALIGNED_SEQ][-1]))
+            out = model.decode({ALIGNED_SEQ: [token], REFERENCE_SEQ: [token]}, mix=mix)
         return tokens / (time.perf_counter() - started)
 
 

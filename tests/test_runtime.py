@@ -257,6 +257,47 @@ def test_a_token_in_sequences_with_different_alphas_is_refused(tiny) -> None:
         llama.llama_model_free(model)
 
 
+def test_logits_mode_mixes_before_the_head_as_numpy_mixes_after_it(loaded) -> None:
+    """llama.cpp mixes the final hidden states and runs the head once: exact for a linear head."""
+    from clm_local.runtime.model import mix_logits
+
+    assert loaded.mixes_before_head
+    both = {0: TOKENS, 1: TOKENS}
+    loaded.reset()
+    loaded.set_alpha(0, 1.0)
+    loaded.set_alpha(1, 0.0)
+    rows = loaded.decode(both, all_logits=True)  # unmixed: each path's own logits
+    for alpha in ALPHAS:
+        loaded.reset()
+        mixed = loaded.decode(both, all_logits=True, mix={0: (1, alpha)})
+        assert set(mixed) == {0}
+        expected = mix_logits(rows[0], rows[1], alpha)
+        assert relative_error(mixed[0], expected) <= 1e-5, alpha
+
+
+def test_a_mixed_output_without_its_partner_fails_the_decode_not_the_process(loaded) -> None:
+    from clm_local.runtime import library
+
+    context = loaded._context
+    assert not library.set_logit_mix(context, 0, 0, 0.5)  # a sequence with itself
+    assert not library.set_logit_mix(context, 0, 1, float("nan"))
+    assert not library.set_logit_mix(context, 0, 100_000, 0.5)
+    assert library.set_logit_mix(context, 0, 1, 0.5)
+    try:
+        assert not library.set_logit_mix(context, 2, 1, 0.5)  # 1 is in a pair already
+        loaded.reset()
+        with pytest.raises(ClmError, match="partner"):
+            loaded.decode({0: TOKENS})  # the reference sequence's outputs are missing
+    finally:
+        assert library.set_logit_mix(context, 1, -1, 1.0)  # either side ends the pair
+    assert library.set_logit_mix(context, 0, 1, 0.5)  # both are free again
+    assert library.set_logit_mix(context, 0, -1, 1.0)
+    loaded.reset()
+    assert loaded.decode({0: TOKENS})[0].shape == (1, loaded.n_vocab)
+    with pytest.raises(ClmError, match="same positions"):
+        loaded.decode({0: [1], 1: [1]}, mix={0: (1, 0.5)})  # sequence 0 holds more positions
+
+
 def _with_control_vector(model: clm_local.ClmModel, layer: int, direction: np.ndarray) -> None:
     """A control vector on one layer (llama.cpp counts from 1; data starts at layer 1)."""
     data = np.zeros((layer, direction.size), dtype=np.float32)

@@ -30,7 +30,7 @@ def llama_cpp_sources(tmp_path: Path) -> Path:
 
 def test_the_patch_is_small_and_touches_no_architecture_file() -> None:
     added = [line for line in build.PATCH_FILE.read_text().splitlines() if line.startswith("+ ")]
-    assert len(added) < 300
+    assert len(added) < 350
     assert not any(name.startswith("src/models/") for name in PATCHED_FILES)
 
 

@@ -13,7 +13,7 @@ HEADINGS = {"prefill_tps": "prefill tok/s", "decode_tps": "decode tok/s", "peak_
 DESCRIPTIONS = {
     "base": "the base GGUF alone, one sequence (stock llama.cpp)",
     "embed": "CLM file, embed mode: one sequence, h = e + alpha (P(e) - e)",
-    "logits": "CLM file, logits mode: aligned and reference sequences in one batch, logits mixed",
+    "logits": "CLM file, logits mode: aligned and reference sequences in one batch, mixed before the head",
     "two_model": "base GGUF + aligned GGUF in two contexts, decoded one after the other, logits mixed",
 }
 

@@ -26,9 +26,7 @@ from clm_local.runtime.model import (
     REFERENCE_SEQ,
     ClmModel,
     check_alpha,
-    check_finite,
     check_mode,
-    mix_logits,
 )
 
 
@@ -109,11 +107,10 @@ class Decoder:
         return self._decode([token], alpha)
 
     def _decode(self, tokens: list[int], alpha: float) -> np.ndarray:
-        rows = self.model.decode({seq: tokens for seq in self.coefficients})
+        mix = {ALIGNED_SEQ: (REFERENCE_SEQ, alpha)} if REFERENCE_SEQ in self.coefficients else None
+        rows = self.model.decode({seq: tokens for seq in self.coefficients}, mix=mix)
         self._version = self.model.cache_version
         self.cached += tokens
-        if REFERENCE_SEQ in rows:
-            return check_finite(mix_logits(rows[ALIGNED_SEQ][-1], rows[REFERENCE_SEQ][-1], alpha))
         return rows[ALIGNED_SEQ][-1]
 
     def generate(

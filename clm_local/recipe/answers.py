@@ -88,12 +88,12 @@ class ClmSource:
 
     def decode(self, tokens: dict[int, list[int]]) -> dict[int, np.ndarray]:
         by_seq = {seq: piece for slot, piece in tokens.items() for seq in self._sequences(slot)}
-        rows = self.model.decode(by_seq, check=False)
         if self.per_slot == 1:
+            rows = self.model.decode(by_seq, check=False)
             return {slot: rows[slot][-1] for slot in tokens}
-        return {
-            slot: mix_logits(rows[2 * slot][-1], rows[2 * slot + 1][-1], self.alphas[slot]) for slot in tokens
-        }
+        mix = {2 * slot: (2 * slot + 1, self.alphas[slot]) for slot in tokens}
+        rows = self.model.decode(by_seq, check=False, mix=mix)
+        return {slot: rows[2 * slot][-1] for slot in tokens}
 
 
 class MixSource:

@@ -1,8 +1,8 @@
 """The patched llama.cpp, as seen from Python: load it, check the hook, bind the new C functions.
 
-llama-cpp-python already binds the stock API in `llama_cpp.llama_cpp`; the three functions that
+llama-cpp-python already binds the stock API in `llama_cpp.llama_cpp`; the four functions that
 `llama-cpp-pre-layer.patch` adds are bound here on its ctypes library (`llama_cpp.llama_cpp._lib`).
-A stock build lacks them, and we stop with the one command that fixes it.
+A stock build (or one of an older patch) lacks them, and we stop with the one command that fixes it.
 
 llama.cpp's log goes to a small buffer instead of the terminal, so that a failure can be reported
 as one line with llama.cpp's own reason; set CLM_LOCAL_VERBOSE=1 to see the whole log.
@@ -25,6 +25,9 @@ from clm_local.errors import ClmError
 INSTALL_HINT = "run `clm-local runtime install` (add `--backend metal` or `--backend cuda` for a GPU build)"
 
 _recent_log: deque[str] = deque(maxlen=50)
+_recent_errors: deque[str] = deque(maxlen=10)  # error-level lines, llama_decode's summary left out
+GGML_LOG_LEVEL_ERROR = 4
+DECODE_SUMMARY = "failed to decode, ret ="  # llama_decode's own line, after the one with the cause
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ def _import_llama_cpp() -> ModuleType:
 def _has_hook(lib: ctypes.CDLL) -> bool:
     try:
         lib.llama_set_pre_layer_alpha  # noqa: B018 - the symbol lookup is the check
+        lib.llama_set_pre_layer_logit_mix  # noqa: B018 - added by a later version of the patch
     except AttributeError:
         return False
     return True
@@ -61,7 +65,9 @@ def llama() -> ModuleType:
     bindings = _import_llama_cpp()
     lib = bindings._lib
     if not _has_hook(lib):
-        raise ClmError(f"the installed llama.cpp has no CLM pre-layer hook (a stock build): {INSTALL_HINT}")
+        raise ClmError(
+            f"the installed llama.cpp lacks the CLM pre-layer hook (stock, or an older patch): {INSTALL_HINT}"
+        )
 
     lib.llama_model_n_pre_layer.argtypes = [bindings.llama_model_p_ctypes]
     lib.llama_model_n_pre_layer.restype = ctypes.c_int32
@@ -69,6 +75,13 @@ def llama() -> ModuleType:
     lib.llama_set_pre_layer_alpha.restype = ctypes.c_int32
     lib.llama_get_pre_layer_alpha.argtypes = [bindings.llama_context_p_ctypes, ctypes.c_int32]
     lib.llama_get_pre_layer_alpha.restype = ctypes.c_float
+    lib.llama_set_pre_layer_logit_mix.argtypes = [
+        bindings.llama_context_p_ctypes,
+        ctypes.c_int32,
+        ctypes.c_int32,
+        ctypes.c_float,
+    ]
+    lib.llama_set_pre_layer_logit_mix.restype = ctypes.c_int32
 
     _capture_log(bindings)
     bindings.llama_backend_init()
@@ -83,6 +96,8 @@ def _capture_log(bindings: ModuleType) -> None:
         line = text.decode("utf-8", errors="replace")
         if line.strip():
             _recent_log.append(line.strip())
+            if level == GGML_LOG_LEVEL_ERROR and DECODE_SUMMARY not in line:
+                _recent_errors.append(line.strip())
         if verbose:
             print(line, end="", file=sys.stderr)
 
@@ -93,6 +108,8 @@ def _capture_log(bindings: ModuleType) -> None:
 
 def last_log_error() -> str:
     """llama.cpp's most recent error line, to explain a failed call in one line."""
+    if _recent_errors:
+        return _recent_errors[-1]
     for line in reversed(_recent_log):
         if "error" in line.lower() or "failed" in line.lower():
             return line
@@ -110,6 +127,15 @@ def set_pre_layer_alpha(context: ctypes.c_void_p, seq_id: int, alpha: float) -> 
 
 def get_pre_layer_alpha(context: ctypes.c_void_p, seq_id: int) -> float:
     return float(llama()._lib.llama_get_pre_layer_alpha(context, seq_id))
+
+
+def set_logit_mix(context: ctypes.c_void_p, seq_id: int, partner: int, alpha: float) -> bool:
+    """Pair two sequences so that llama.cpp mixes their logits before the head (partner -1: unpair).
+
+    False where llama.cpp cannot (a head that is not linear, e.g. Gemma 2's soft-capping): the
+    caller then mixes the two rows of logits itself.
+    """
+    return llama()._lib.llama_set_pre_layer_logit_mix(context, seq_id, partner, alpha) == 0
 
 
 def status() -> RuntimeStatus:

@@ -3,8 +3,10 @@
 Two ways to apply alpha (CLM.md, "Inference"):
 - embed mode: one sequence whose pre-layer coefficient is alpha: h = e + alpha * (P(e) - e);
 - logits mode: an aligned sequence (coefficient 1) and a reference sequence (coefficient 0) decoded
-  in the same batch, then z = alpha * z_aligned + (1 - alpha) * z_ref.
-The coefficient is a graph input of the patched llama.cpp, so changing alpha reloads nothing.
+  in the same batch, then z = alpha * z_aligned + (1 - alpha) * z_ref. The LM head is linear, so the
+  patched llama.cpp mixes the two final hidden states and runs the head once per pair; for a head
+  that is not (Gemma 2's soft-capped logits) the two rows of logits are mixed here.
+Both coefficients are graph inputs of the patched llama.cpp, so changing alpha reloads nothing.
 
 A GGUF without `clm.*` keys loads as a plain model: alpha has no effect (one warning says so).
 """
@@ -16,7 +18,7 @@ import functools
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -193,6 +195,13 @@ class ClmModel:
         self._vocab = self._llama.llama_model_get_vocab(self._model)
         self.n_vocab = int(self._llama.llama_vocab_n_tokens(self._vocab))
         self.has_text_vocabulary = self._llama.llama_vocab_type(self._vocab) != LLAMA_VOCAB_TYPE_NONE
+        # whether llama.cpp mixes logits-mode pairs before the head (decode's `mix`), else numpy does
+        self.mixes_before_head = (
+            self.info.is_clm
+            and self.n_sequences >= 2
+            and library.set_logit_mix(self._context, 0, 1, 1.0)
+            and library.set_logit_mix(self._context, 0, -1, 1.0)
+        )
 
     # -- the public API ------------------------------------------------------------------------
 
@@ -217,8 +226,8 @@ class ClmModel:
             return self.decode({ALIGNED_SEQ: tokens}, all_logits=True)[ALIGNED_SEQ]
         self.set_alpha(ALIGNED_SEQ, 1.0)
         self.set_alpha(REFERENCE_SEQ, 0.0)
-        out = self.decode({ALIGNED_SEQ: tokens, REFERENCE_SEQ: tokens}, all_logits=True)
-        return check_finite(mix_logits(out[ALIGNED_SEQ], out[REFERENCE_SEQ], alpha))
+        both = {ALIGNED_SEQ: tokens, REFERENCE_SEQ: tokens}
+        return self.decode(both, all_logits=True, mix={ALIGNED_SEQ: (REFERENCE_SEQ, alpha)})[ALIGNED_SEQ]
 
     def chat(
         self,
@@ -277,25 +286,63 @@ class ClmModel:
 
     @_uses_context
     def decode(
-        self, tokens_by_seq: dict[int, list[int]], *, all_logits: bool = False, check: bool = True
+        self,
+        tokens_by_seq: dict[int, list[int]],
+        *,
+        all_logits: bool = False,
+        check: bool = True,
+        mix: Mapping[int, tuple[int, float]] | None = None,
     ) -> dict[int, np.ndarray]:
         """Append tokens to sequences (one batch for all of them) and return their logits.
 
         Each sequence continues from its cached positions. With all_logits the result has a row
         per token, otherwise one row: the last token's. The sequences advance together through
         chunks of the batch size, so in logits mode the two paths always share a batch.
+        `mix` maps an aligned sequence to its (reference sequence, alpha): the aligned sequence's
+        rows are then alpha * z_aligned + (1 - alpha) * z_ref and the reference's are not returned;
+        the pair must hold the same positions and get the same tokens.
         Non-finite logits raise ClmError unless `check` is off: a caller serving several
         sequences (the server) then checks each one's rows itself, so that one sequence's
         extreme alpha fails only that sequence.
         """
         if not tokens_by_seq:
             return {}
+        mix = mix or {}
         self.cache_version += 1
         starts = {seq: self.next_position(seq) for seq in tokens_by_seq}
         for seq, tokens in tokens_by_seq.items():
             needed = starts[seq] + len(tokens)
             if needed > self.n_ctx:
                 raise ClmError(f"the context is full: {needed} positions needed, {self.n_ctx} available")
+        for aligned, (reference, _) in mix.items():
+            pair = f"sequences {aligned} and {reference} are mixed but"
+            if not (aligned in tokens_by_seq and reference in tokens_by_seq):
+                raise ClmError(f"{pair} are not both in the batch")
+            if starts[aligned] != starts[reference] or tokens_by_seq[aligned] != tokens_by_seq[reference]:
+                raise ClmError(f"{pair} do not hold the same positions and tokens")
+        in_graph = bool(mix) and self.mixes_before_head
+        try:
+            if in_graph:
+                for aligned, (reference, alpha) in mix.items():
+                    if not library.set_logit_mix(self._context, aligned, reference, check_alpha(alpha)):
+                        raise ClmError(f"llama.cpp refused to mix sequences {aligned} and {reference}")
+            rows = self._decode_chunks(tokens_by_seq, starts, all_logits)
+        finally:
+            for aligned in mix if in_graph else ():
+                library.set_logit_mix(self._context, aligned, -1, 1.0)
+        for aligned, (reference, alpha) in mix.items():
+            reference_rows = rows.pop(reference)
+            if not in_graph:
+                rows[aligned] = mix_logits(rows[aligned], reference_rows, alpha)
+        if check:
+            for block in rows.values():
+                check_finite(block)
+        return rows
+
+    def _decode_chunks(
+        self, tokens_by_seq: dict[int, list[int]], starts: dict[int, int], all_logits: bool
+    ) -> dict[int, np.ndarray]:
+        """decode's llama_decode calls: the batch in chunks, and each sequence's rows of logits."""
         chunk = max(1, self.n_batch // len(tokens_by_seq))
         longest = max(len(tokens) for tokens in tokens_by_seq.values())
         rows: dict[int, list[np.ndarray]] = {seq: [] for seq in tokens_by_seq}
@@ -319,8 +366,6 @@ class ClmModel:
             if n_out:
                 pointer = self._llama.llama_get_logits(self._context)
                 block = np.ctypeslib.as_array(pointer, shape=(n_out, self.n_vocab))
-                if check:
-                    check_finite(block)
                 row = 0
                 for seq, count in wanted:
                     rows[seq].append(block[row : row + count].copy())

@@ -34,7 +34,7 @@ import numpy as np
 from clm_local.chat.sampling import Sampler, SamplingParams
 from clm_local.chat.template import ChatTemplate, Message
 from clm_local.errors import ClmError
-from clm_local.runtime.model import NON_FINITE_CAUSES, ClmModel, ModelInfo, mix_logits, read_info
+from clm_local.runtime.model import NON_FINITE_CAUSES, ClmModel, ModelInfo, read_info
 
 # -- what a handler asks for and what it hears back ---------------------------------------------------
 
@@ -393,6 +393,7 @@ class Scheduler:
     def _step(self) -> None:
         """One llama_decode: the next token of answering slots and prompt chunks of the others."""
         batch: dict[int, list[int]] = {}
+        mix: dict[int, tuple[int, float]] = {}  # logits mode: aligned sequence -> (reference, alpha)
         sampling: list[Slot] = []
         n_slots = 0
         budget = self.prefill_chunk
@@ -411,15 +412,16 @@ class Scheduler:
             n_slots += 1
             for seq in slot.active:
                 batch[seq] = tokens
+            if len(slot.active) == 2:
+                mix[slot.active[0]] = (slot.active[1], slot.job.request.alpha)
             if not slot.reading_prompt:
                 sampling.append(slot)
         if not batch:
             return
-        rows = self.model.decode(batch, check=False)  # checked per slot: one alpha fails one slot
+        rows = self.model.decode(batch, check=False, mix=mix)  # checked per slot: one alpha fails one slot
         self.metrics.record_step(n_slots, len(batch), sum(len(tokens) for tokens in batch.values()))
         for slot in sampling:
-            last = [rows[seq][-1] for seq in slot.active]
-            logits = mix_logits(*last, slot.job.request.alpha) if len(last) == 2 else last[0]
+            logits = rows[slot.active[0]][-1]
             if not np.isfinite(logits).all():
                 self.metrics.requests_failed += 1
                 message = f"alpha {slot.job.request.alpha:g} gives non-finite logits: {NON_FINITE_CAUSES}"
