@@ -4,7 +4,8 @@
 
 Each run is a new process that loads the model, applies its chat template to one short question
 and produces one token: `clm-local chat --prompt Q --max-tokens 1 --temp 0` (the default mode of
-the file: logits mode reads the prompt twice) and `llama_cpp.Llama(MODEL).create_chat_completion`
+the file: logits mode reads the prompt twice), the same in embed mode (one sequence), and
+`llama_cpp.Llama(MODEL).create_chat_completion`
 with max_tokens=1 on the same file (what a llama-cpp-python user runs; it sees the aligned path
 only). Interleaved, median of the repeats, in one run; the issue's target is at most 1.2x.
 """
@@ -39,9 +40,11 @@ def main() -> None:
     from clm_local.default_model import default_model_path
 
     model = args.model or str(default_model_path())
+    chat = [sys.executable, "-m", "clm_local.cli.main", "chat", "-m", model,
+            "--prompt", QUESTION, "--max-tokens", "1", "--temp", "0"]  # fmt: skip
     commands = {
-        "clm-local chat --prompt": [sys.executable, "-m", "clm_local.cli.main", "chat", "-m", model,
-                                    "--prompt", QUESTION, "--max-tokens", "1", "--temp", "0"],
+        "clm-local chat --prompt": chat,
+        "clm-local chat --prompt --mode embed": [*chat, "--mode", "embed"],
         "llama_cpp.Llama": [sys.executable, "-c", LLAMA_CPP, model, QUESTION],
     }  # fmt: skip
     times: dict[str, list[float]] = {name: [] for name in commands}
@@ -53,8 +56,9 @@ def main() -> None:
     print("|---|---:|---:|---:|")
     for name, values in times.items():
         print(f"| {name} | {medians[name]:.2f} | {min(values):.2f} | {max(values):.2f} |")
-    ratio = medians["clm-local chat --prompt"] / medians["llama_cpp.Llama"]
-    print(f"\nclm-local / llama-cpp-python: {ratio:.2f}x")
+    for name in list(commands)[:2]:
+        print(f"\n{name} / llama-cpp-python: {medians[name] / medians['llama_cpp.Llama']:.2f}x", end="")
+    print()
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from clm_local.errors import ClmError
+from clm_local.gguf_string_cache import StringArrayCache
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)  # what llama.cpp's gguf.cpp reads
@@ -196,11 +197,13 @@ def _parse(path: Path, cursor: _Cursor) -> GgufHeader:
 
     values: dict[str, Value] = {}
     types: dict[str, tuple[GGUFValueType, GGUFValueType | None]] = {}
+    strings = StringArrayCache(path, cursor.size)
     for index in range(n_kv):
         key = cursor.text(f"metadata key #{index}")
         if key in values:
             raise ClmError(f"metadata key {key} appears twice")
-        values[key], types[key] = _read_value(cursor, key)
+        values[key], types[key] = _read_value(cursor, key, strings)
+    strings.save()
 
     alignment = _alignment(values, types)
     tensors = [_read_tensor_info(cursor, index) for index in range(n_tensors)]
@@ -225,7 +228,9 @@ def _value_type(cursor: _Cursor, what: str) -> GGUFValueType:
         raise ClmError(f"{what} has an unknown value type {code}") from None
 
 
-def _read_value(cursor: _Cursor, key: str) -> tuple[Value, tuple[GGUFValueType, GGUFValueType | None]]:
+def _read_value(
+    cursor: _Cursor, key: str, strings: StringArrayCache
+) -> tuple[Value, tuple[GGUFValueType, GGUFValueType | None]]:
     what = f"metadata key {key}"
     kind = _value_type(cursor, what)
     if kind == GGUFValueType.STRING:
@@ -242,19 +247,24 @@ def _read_value(cursor: _Cursor, key: str) -> tuple[Value, tuple[GGUFValueType, 
     if count > cursor.left // item_size:
         raise ClmError(f"{what} claims {count} items, more than the file can hold")
     if item_kind == GGUFValueType.STRING:
-        return _skip_strings(cursor, key, count), (kind, item_kind)
+        return _skip_strings(cursor, key, count, strings), (kind, item_kind)
     start = cursor.take(count * item_size, what)
     array = np.frombuffer(cursor.data, dtype=_ARRAY_DTYPES[item_kind], count=count, offset=start).copy()
     return (array.astype(bool) if item_kind == GGUFValueType.BOOL else array), (kind, item_kind)
 
 
-def _skip_strings(cursor: _Cursor, key: str, count: int) -> StringArray:
+def _skip_strings(cursor: _Cursor, key: str, count: int, strings: StringArrayCache) -> StringArray:
     """Walk a string array without keeping its items (a vocabulary is not turned into Python
     objects), checking each is UTF-8: llama.cpp aborts on a token that is not.
 
-    A vocabulary has 50k to 250k items, so the loop is kept tight (every load pays for it): the
-    items are checked in one decode, joined by NUL bytes, which no UTF-8 sequence can span."""
+    A vocabulary has 50k to 250k items, so the loop is kept tight, and a walk of the same bytes
+    is done once (gguf_string_cache.py): the items are checked in one decode, joined by NUL
+    bytes, which no UTF-8 sequence can span."""
     start = cursor.position
+    known = strings.lookup(cursor.data, start, count)
+    if known is not None:
+        cursor.position, distinct = known
+        return StringArray(count, start, distinct)
     data, size, position = cursor.data, cursor.size, cursor.position
     unpack = struct.Struct("<Q").unpack_from
     items: list[memoryview] = []
@@ -284,7 +294,9 @@ def _skip_strings(cursor: _Cursor, key: str, count: int) -> StringArray:
     pieces = joined.split(b"\0")
     if len(pieces) != count:  # some item holds a NUL byte itself (legal, if rare): count them apart
         pieces = [bytes(data[begin : begin + length]) for begin, length in _item_spans(data, start, count)]
-    return StringArray(count, start, len(set(pieces)))
+    distinct = len(set(pieces))
+    strings.remember(data, start, count, position, distinct)
+    return StringArray(count, start, distinct)
 
 
 def _item_spans(data: mmap.mmap, position: int, count: int) -> Iterator[tuple[int, int]]:

@@ -207,3 +207,42 @@ def test_non_finite_weights_are_found(bases: dict[str, bytes], tmp_path: Path) -
     assert tensors_with_non_finite_values(clean) == []
     poisoned = check_gguf(mutated(tmp_path, apply({"base": "qwen2", "op": "nan_weights", "index": 0}, bases)))
     assert tensors_with_non_finite_values(poisoned) == [poisoned.tensors[0].name]
+
+
+def _vocabulary_file(path: Path, n_items: int) -> Path:
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_token_list([f"tok{i}" for i in range(n_items)])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_a_walked_vocabulary_is_remembered_only_while_its_bytes_are_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second read takes the walk's result from the cache (gguf_string_cache.py); an edit in
+    place that keeps size and timestamps is still caught: an entry holds only for the same bytes."""
+    import json
+    import os
+
+    monkeypatch.setenv("CLM_LOCAL_CACHE", str(tmp_path / "cache"))
+    path = _vocabulary_file(tmp_path / "vocab.gguf", 5000)
+    tokens = read_header(path).values["tokenizer.ggml.tokens"]
+    assert tokens == StringArray(5000, tokens.offset, 5000)
+
+    (entry_file,) = (tmp_path / "cache" / "gguf-strings").iterdir()
+    entry = json.loads(entry_file.read_text())
+    entry["arrays"][str(tokens.offset)][2] = 4999  # a mark only a cache hit can return
+    entry_file.write_text(json.dumps(entry))
+    assert read_header(path).values["tokenizer.ggml.tokens"].distinct == 4999
+
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    where = data.index(b"tok4321")
+    data[where : where + 3] = b"\xff\xfe\xfd"  # same length, not UTF-8
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(ClmError, match="not valid UTF-8"):
+        read_header(path)
