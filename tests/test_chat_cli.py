@@ -4,6 +4,7 @@ a bad command."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -70,8 +71,20 @@ def test_demo_shows_three_alphas() -> None:
     assert lines[0].startswith("alpha=0 (")
 
 
+def sigint_as_in_a_terminal() -> None:
+    """Ctrl-C's default action in the child, as a terminal gives it: a suite started in the
+    background (`pytest &`) has SIGINT ignored, and its children would inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def spawn_chat(*args: str) -> pexpect.spawn:
-    child = pexpect.spawn(CLI[0], [*CLI[1:], "chat", *args], encoding="utf-8", timeout=120)
+    child = pexpect.spawn(
+        CLI[0],
+        [*CLI[1:], "chat", *args],
+        encoding="utf-8",
+        timeout=120,
+        preexec_fn=sigint_as_in_a_terminal,
+    )
     child.expect(PROMPT_LINE)
     return child
 

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_chat_cli import sigint_as_in_a_terminal
 
 from clm_local import default_model
 
@@ -42,6 +43,7 @@ def test_ctrl_c_in_a_one_shot_answer_ends_the_line() -> None:
         [CLM_LOCAL, "chat", "--prompt", LONG_QUESTION, "--max-tokens", "400", *FAST],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        preexec_fn=sigint_as_in_a_terminal,
     )
     first = child.stdout.read(8)  # the answer has started
     time.sleep(0.2)
