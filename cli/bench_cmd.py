@@ -1,7 +1,9 @@
 """`clm-local bench`: time the base model, both CLM modes and the two-model alternative.
 
 The work lives in clm_local.benchmark; this module maps options to its settings and prints the
-Markdown table, or with --json only the JSON object on stdout (progress always goes to stderr).
+Markdown tables, or with --json only the JSON object on stdout (progress always goes to stderr).
+`--busy` and `--first-token` add the busy-machine and cold-start comparisons (busy.py,
+first_token.py), each measured side by side in the same run.
 """
 
 from __future__ import annotations
@@ -44,10 +46,18 @@ def bench(
     alpha: Annotated[float, typer.Option(help="Alpha of the embed, logits and two_model runs.")] = (
         DEFAULTS.alpha
     ),
+    busy: Annotated[
+        bool, typer.Option("--busy", help="Also: decode speed with a busy-looping process next to it.")
+    ] = False,
+    first_token: Annotated[
+        bool, typer.Option("--first-token", help="Also: time to first token from a cold process.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
 ) -> None:
     """Prefill and decode speed and peak memory: base, embed, logits and two_model."""
     from clm_local import default_model
+    from clm_local.benchmark.busy import format_busy, run_busy
+    from clm_local.benchmark.first_token import format_first_token, run_first_token
     from clm_local.benchmark.report import format_markdown
     from clm_local.benchmark.suite import run_benchmark
 
@@ -61,5 +71,18 @@ def bench(
     )
     settings.check()  # before the default model is fetched
     path = model if model is not None else default_model.default_model_path()
-    result = run_benchmark(path, settings, progress=lambda line: print(line, file=sys.stderr))
-    print(json.dumps(result, indent=2) if as_json else format_markdown(result))
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr)
+
+    result = run_benchmark(path, settings, progress=progress)
+    sections = [format_markdown(result)]
+    if busy:
+        result["busy"] = run_busy(
+            path, tokens=settings.gen_tokens, repeat=settings.repeat, alpha=settings.alpha, progress=progress
+        )
+        sections.append(format_busy(result["busy"]))
+    if first_token:
+        result["first_token"] = run_first_token(path, repeat=settings.repeat, progress=progress)
+        sections.append(format_first_token(result["first_token"]))
+    print(json.dumps(result, indent=2) if as_json else "\n\n".join(sections))

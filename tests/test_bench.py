@@ -50,6 +50,25 @@ def test_bench_prints_json_with_the_four_configs() -> None:
     assert report["configs"]["logits"]["kv_cache_mb"] > report["configs"]["embed"]["kv_cache_mb"]
 
 
+def test_bench_adds_the_busy_machine_and_first_token_comparisons() -> None:
+    tiny = ["--prompt-tokens", "8", "--gen-tokens", "4", "--repeat", "1", "--ctx", "256"]
+    extra = ["--busy", "--first-token", "--json"]
+    command = [sys.executable, "-m", "clm_local.cli.main", "bench", *tiny, *extra]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [row["setting"] for row in report["busy"]["rows"]][1] == "default (tuned)"
+    for row in report["busy"]["rows"]:
+        assert row["quiet_tps"] > 0 and row["busy_tps"] > 0
+    assert set(report["first_token"]) == {
+        "clm-local chat --prompt",
+        "clm-local chat --prompt --mode embed",
+        "llama_cpp.Llama",
+    }
+    assert report["first_token"]["llama_cpp.Llama"]["over_llama_cpp"] == 1.0
+    assert all(row["median_s"] > 0 for row in report["first_token"].values())
+
+
 def test_bench_refuses_a_generation_too_short_to_time() -> None:
     command = [sys.executable, "-m", "clm_local.cli.main", "bench", "--gen-tokens", "1"]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
