@@ -20,10 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGUFValueType
-from gguf.quants import dequantize
 
 from clm_local.errors import ClmError
+from clm_local.gguf_constants import GGML_QUANT_SIZES, GGUFValueType
 from clm_local.gguf_header import FLOAT_TYPES, INTEGER_TYPES, GgufHeader, StringArray, read_header
 from clm_local.gguf_keys import (
     CLM_VERSION,
@@ -462,6 +461,8 @@ def _check_tensors(header: GgufHeader, hparams: Hparams, rules: ArchRules) -> No
 def tensors_with_non_finite_values(header: GgufHeader, *, chunk_bytes: int = 1 << 24) -> list[str]:
     """Names of tensors holding NaN or Inf, decoded with gguf-py (quantized types included) a few
     rows at a time, so memory stays small. Reads every weight: seconds for a small model."""
+    from gguf.quants import dequantize  # the whole gguf package: only this full check needs it
+
     bad = []
     data = np.memmap(header.path, dtype=np.uint8, mode="r")
     for tensor in header.tensors:

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from clm_local.errors import ClmError
+from clm_local.gguf_constants import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 from clm_local.gguf_string_cache import StringArrayCache
 
 GGUF_MAGIC = b"GGUF"
