@@ -18,6 +18,7 @@ import typer
 from clm_local.cli.pipes import reader_may_leave
 
 if TYPE_CHECKING:
+    from clm_local.chat import ChatSession
     from clm_local.runtime.model import ClmModel
 
 ModelOption = Annotated[
@@ -37,6 +38,7 @@ ThreadsOption = Annotated[
         show_default=False,
     ),
 ]
+ONE_SHOT_FIRST_CTX = 64  # a one-shot answer's context until its prompt is measured
 CtxOption = Annotated[int, typer.Option("--ctx", help="Context of the conversation, in tokens.")]
 GpuLayersOption = Annotated[
     int, typer.Option("--n-gpu-layers", help="Layers to offload to the GPU (GPU builds; 99: all).")
@@ -111,7 +113,11 @@ def chat(
     if text is not None and not text.strip():
         raise ClmError("the prompt is empty")
     with _warnings_on_stderr():
-        loaded = _load(model, ctx=ctx, threads=threads, n_gpu_layers=n_gpu_layers)
+        path = _model_path(model)
+        if text is None:
+            loaded = _load(path, ctx=ctx, threads=threads, n_gpu_layers=n_gpu_layers)
+        else:
+            loaded = _load_for_one_answer(path, mode, threads=threads, n_gpu_layers=n_gpu_layers)
         messages = [] if system is None else [{"role": "system", "content": system}]
         session = ChatSession(
             loaded,
@@ -123,6 +129,7 @@ def chat(
             notify=_note,
         )
         if text is not None:
+            _fit_to_one_answer(session, text.strip(), ctx)
             _print_answer(session.ask(text.strip()))
             if session.answer_was_cut:
                 _note(f"the answer was cut at --max-tokens {max_tokens}")
@@ -147,7 +154,7 @@ def demo(
     from clm_local.chat import ChatSession, SamplingParams
 
     with _warnings_on_stderr():
-        loaded = _load(model, ctx=1024, threads=threads, n_gpu_layers=0)
+        loaded = _load(_model_path(model), ctx=1024, threads=threads, n_gpu_layers=0)
         session = ChatSession(
             loaded, sampling=SamplingParams(temp=0.0), max_tokens=max_tokens, notify=lambda _: None
         )
@@ -166,34 +173,75 @@ def demo(
                 print()
 
 
-def _load(path: Path | None, *, ctx: int, threads: int | None, n_gpu_layers: int) -> ClmModel:
-    """Load the named GGUF, or the embedded default model (saying when its P is untrained).
+def _model_path(path: Path | None) -> Path:
+    """The named GGUF, or the embedded default model (saying when its P is untrained).
 
     Call it inside _warnings_on_stderr, which scopes the warning filter set here.
     """
-    import clm_local
     from clm_local import default_model
 
-    if path is None:
-        path = default_model.default_model_path()
-        if not default_model.has_trained_pre_layer():
-            _note("the default model has no trained pre-layer yet: it is the base model, alpha has no effect")
-            warnings.filterwarnings("ignore", message=".*no CLM pre-layer")  # said just now
-    return clm_local.load(path, n_ctx=ctx, n_threads=threads, n_gpu_layers=n_gpu_layers)
+    if path is not None:
+        return path
+    if not default_model.has_trained_pre_layer():
+        _note("the default model has no trained pre-layer yet: it is the base model, alpha has no effect")
+        warnings.filterwarnings("ignore", message=".*no CLM pre-layer")  # said just now
+    return default_model.default_model_path()
+
+
+def _load(
+    path: Path, *, ctx: int, threads: int | None, n_gpu_layers: int, n_sequences: int | None = None
+) -> ClmModel:
+    import clm_local
+
+    return clm_local.load(
+        path, n_ctx=ctx, n_threads=threads, n_gpu_layers=n_gpu_layers, n_sequences=n_sequences
+    )
+
+
+def _load_for_one_answer(path: Path, mode: str | None, *, threads: int | None, n_gpu_layers: int) -> ClmModel:
+    """The model with a small context and, in embed mode, one sequence: creating the KV cache is a
+    good part of the time to first token, and one answer needs neither the reference sequence of
+    logits mode nor all of --ctx (_fit_to_one_answer sizes the context once the prompt is known)."""
+    from clm_local.runtime.model import read_info
+
+    embed_only = (mode or read_info(path).mix_default) == "embed"
+    return _load(
+        path,
+        ctx=ONE_SHOT_FIRST_CTX,
+        threads=threads,
+        n_gpu_layers=n_gpu_layers,
+        n_sequences=1 if embed_only else None,
+    )
+
+
+def _fit_to_one_answer(session: ChatSession, text: str, ctx: int) -> None:
+    """Size the context to the prompt plus --max-tokens (one more, so that an answer cut at
+    --max-tokens is not also reported as reaching the end of the context), at most --ctx."""
+    prompt = session.template.tokens([*session.messages, {"role": "user", "content": text}])
+    session.model.resize_context(min(ctx, len(prompt) + session.max_tokens + 1))
 
 
 def _print_answer(pieces: Iterator[str]) -> None:
-    """Stream an answer to stdout and end its line, also when Ctrl-C stops it half way; quietly
-    stop when the reader of stdout leaves."""
+    """Stream an answer to stdout and end its line, also when Ctrl-C stops it half way (an error
+    before the first piece leaves stdout empty); quietly stop when the reader of stdout leaves."""
+    started = False
     with reader_may_leave():
         try:
             for piece in pieces:
+                started = True
                 sys.stdout.write(piece)
                 sys.stdout.flush()
-        finally:
-            with suppress(BrokenPipeError):  # the reader is gone: nothing left to end
-                sys.stdout.write("\n")
-                sys.stdout.flush()
+        except BaseException:
+            if started:
+                _end_line()
+            raise
+        _end_line()
+
+
+def _end_line() -> None:
+    with suppress(BrokenPipeError):  # the reader is gone: nothing left to end
+        sys.stdout.write("\n")
+        sys.stdout.flush()
 
 
 def _note(message: str) -> None:

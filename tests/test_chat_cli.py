@@ -13,7 +13,9 @@ import pexpect
 import pytest
 from test_chat_session import write_clm_copy
 
+import clm_local
 from clm_local import default_model
+from clm_local.chat import ChatSession, SamplingParams
 
 CLI = [sys.executable, "-m", "clm_local.cli.main"]
 FAST = ["--temp", "0", "--max-tokens", "12", "--threads", "1", "--ctx", "512"]
@@ -42,6 +44,27 @@ def test_a_piped_question_is_answered_like_prompt() -> None:
     piped = run_cli("chat", *FAST, stdin="What is the capital of France?\n")
     assert piped.returncode == 0, piped.stderr
     assert piped.stdout == run_cli("chat", "--prompt", "What is the capital of France?", *FAST).stdout
+
+
+@pytest.mark.parametrize("mode", ["logits", "embed"])
+def test_a_one_shot_answer_in_its_fitted_context_is_the_sessions_answer(clm_path: Path, mode: str) -> None:
+    """One-shot chat sizes its context (and, in embed mode, its sequences) to the answer; the
+    question is longer than the context it starts with, so the context grows."""
+    question = "Explain how a lighthouse works, what its keeper does all night, and why. " * 4
+    settings = ["--alpha", "1.5", "--mode", mode]
+    result = run_cli("chat", "-m", str(clm_path), "--prompt", question, *settings, *FAST)
+    assert result.returncode == 0, result.stderr
+    with clm_local.load(clm_path, n_ctx=512, n_threads=1) as model:
+        session = ChatSession(model, alpha=1.5, mode=mode, sampling=SamplingParams(temp=0), max_tokens=12)
+        expected = "".join(session.ask(question.strip()))
+    assert result.stdout == expected + "\n"
+
+
+def test_a_one_shot_question_longer_than_ctx_is_one_error_line() -> None:
+    result = run_cli("chat", "--prompt", "Tell me a story. " * 20, *FAST[:-1], "32")
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert result.stdout == ""  # no half answer, not even an empty line
 
 
 def test_a_missing_model_is_one_error_line(tmp_path: Path) -> None:

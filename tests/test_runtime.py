@@ -209,6 +209,24 @@ def test_context_too_small(tiny) -> None:
             small.decode({0: TOKENS[6:]})
 
 
+def test_a_resized_context_holds_more_and_still_matches_the_reference(tiny) -> None:
+    model, folder = tiny
+    with clm_local.load(folder / "clm.gguf", n_ctx=8, n_threads=2) as growing:
+        growing.decode({0: TOKENS[:6]})
+        version = growing.cache_version
+        growing.resize_context(len(TOKENS))
+        assert growing.n_ctx == len(TOKENS) and growing.cache_version > version
+        assert growing.next_position(0) == 0  # the new context starts empty
+        for mode in MODES:
+            error = relative_error(growing.logits(TOKENS, 1.5, mode), forward(model, TOKENS, 1.5, mode))
+            assert error <= TOLERANCE, f"{mode}: relative error {error:.2e}"
+        with pytest.raises(ClmError, match="n_ctx must be positive"):
+            growing.resize_context(0)
+        growing.close()
+        with pytest.raises(ClmError, match="closed"):
+            growing.resize_context(16)
+
+
 # --- the pre-layer API's contract (llama.h in llama-cpp-pre-layer.patch) -----------------------
 
 

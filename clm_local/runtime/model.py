@@ -173,28 +173,16 @@ class ClmModel:
         if library.n_pre_layer(self._model) != self.info.n_pre_layers:
             raise ClmError(f"{path}: llama.cpp reads a different pre-layer count than the file declares")
 
-        self.n_ctx = n_ctx
         self.n_sequences = n_sequences or (2 if self.info.is_clm else 1)
         if self.n_sequences < 1:
             raise ClmError("n_sequences must be positive")
         # n_threads fixes the count; by default it follows how busy the machine is (threads.py)
         self._threads = ThreadTuner((n_threads,) if n_threads else candidate_counts(usable_cores()))
-        self._applied_threads = threads = self._threads.current
-        context_params = self._llama.llama_context_default_params()
-        context_params.n_ctx = n_ctx * self.n_sequences
-        context_params.n_seq_max = self.n_sequences
-        context_params.n_batch = context_params.n_ubatch = min(n_batch, n_ctx) * self.n_sequences
-        context_params.n_threads = context_params.n_threads_batch = threads
-        context_params.no_perf = True
-        self._context = self._llama.llama_init_from_model(self._model, context_params)
-        if not self._context:
-            raise ClmError(f"llama.cpp could not create a context for {path}: {library.last_log_error()}")
-        self.n_batch = context_params.n_batch
-        self._batch = self._llama.llama_batch_init(self.n_batch, 0, 1)
-        self._memory = self._llama.llama_get_memory(self._context)
         self._vocab = self._llama.llama_model_get_vocab(self._model)
         self.n_vocab = int(self._llama.llama_vocab_n_tokens(self._vocab))
         self.has_text_vocabulary = self._llama.llama_vocab_type(self._vocab) != LLAMA_VOCAB_TYPE_NONE
+        self._batch_per_sequence = n_batch
+        self._create_context(n_ctx)
         # whether llama.cpp mixes logits-mode pairs before the head (decode's `mix`), else numpy does
         self.mixes_before_head = (
             self.info.is_clm
@@ -202,6 +190,26 @@ class ClmModel:
             and library.set_logit_mix(self._context, 0, 1, 1.0)
             and library.set_logit_mix(self._context, 0, -1, 1.0)
         )
+
+    def _create_context(self, n_ctx: int) -> None:
+        """The llama.cpp context, its batch and its memory handle, for n_ctx positions a sequence."""
+        self._applied_threads = threads = self._threads.current
+        context_params = self._llama.llama_context_default_params()
+        context_params.n_ctx = n_ctx * self.n_sequences
+        context_params.n_seq_max = self.n_sequences
+        batch = min(self._batch_per_sequence, n_ctx) * self.n_sequences
+        context_params.n_batch = context_params.n_ubatch = batch
+        context_params.n_threads = context_params.n_threads_batch = threads
+        context_params.no_perf = True
+        self._context = self._llama.llama_init_from_model(self._model, context_params)
+        if not self._context:
+            raise ClmError(
+                f"llama.cpp could not create a context for {self.info.path}: {library.last_log_error()}"
+            )
+        self.n_ctx = n_ctx
+        self.n_batch = batch
+        self._batch = self._llama.llama_batch_init(self.n_batch, 0, 1)
+        self._memory = self._llama.llama_get_memory(self._context)
 
     # -- the public API ------------------------------------------------------------------------
 
@@ -261,6 +269,23 @@ class ClmModel:
         """Empty the KV cache of every sequence."""
         self.cache_version += 1
         self._llama.llama_memory_clear(self._memory, True)
+
+    @_uses_context
+    def resize_context(self, n_ctx: int) -> None:
+        """Room for n_ctx positions a sequence, in a new context: every sequence starts empty, at
+        its starting alpha. Why: the KV cache's size is most of a context's creation time (llama.cpp
+        clears it), so a one-shot answer, which can measure its prompt only once the model (and
+        its tokenizer) is loaded, sizes the context to prompt plus answer this way. Should the new
+        context fail, the model is closed."""
+        if n_ctx < 1:
+            raise ClmError("n_ctx must be positive")
+        if n_ctx == self.n_ctx:
+            return
+        self.cache_version += 1
+        self._llama.llama_batch_free(self._batch)
+        self._llama.llama_free(self._context)
+        self._batch = self._context = None
+        self._create_context(n_ctx)
 
     @_uses_context
     def forget_after(self, seq_id: int, position: int) -> None:
