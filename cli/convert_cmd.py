@@ -46,8 +46,11 @@ def convert(
     outtype: Annotated[
         str,
         typer.Option(
+            "--outtype",
+            "--pre-layer-type",
             help="Type of converted tensors (P for a checkpoint, all for a folder): auto (keep each "
-            "tensor's float type), f32, f16, bf16 or q8_0. Norms and biases stay f32."
+            "tensor's float type), f32, f16, bf16 or q8_0. Norms and biases stay f32. "
+            "--pre-layer-type is another name for it.",
         ),
     ] = "auto",
     quantize: Annotated[

@@ -38,6 +38,16 @@ def test_convert_prints_a_summary_and_info_describes_the_file(tmp_path: Path) ->
     assert details["train"]["objective"] == "dpo"
 
 
+def test_pre_layer_type_names_p_s_storage_type(tmp_path: Path) -> None:
+    model = make_tiny_model("llama", n_base_blocks=2)
+    base = model.write(tmp_path / "base.gguf", "base")
+    checkpoint = write_checkpoint(tmp_path / "ckpt", tiny_pre_layer(model), base)
+    done = clm_local("convert", checkpoint, tmp_path / "clm.gguf", "--pre-layer-type", "q8_0")
+    assert done.returncode == 0, done.stderr
+    details = json.loads(clm_local("info", tmp_path / "clm.gguf", "--json").stdout)
+    assert details["pre_layer_types"] == {"Q8_0": 7, "F32": 2}
+
+
 def test_failures_are_one_error_line_with_exit_code_1(tmp_path: Path) -> None:
     model = make_tiny_model("llama", n_base_blocks=2)
     clm_file = model.write(tmp_path / "clm.gguf", "clm")
