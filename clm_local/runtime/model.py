@@ -351,23 +351,29 @@ class ClmModel:
                 for aligned, (reference, alpha) in mix.items():
                     if not library.set_logit_mix(self._context, aligned, reference, check_alpha(alpha)):
                         raise ClmError(f"llama.cpp refused to mix sequences {aligned} and {reference}")
-            rows = self._decode_chunks(tokens_by_seq, starts, all_logits)
+            # llama.cpp gives the reference rows the mixed logits too: not worth copying
+            skipped = {reference for reference, _ in mix.values()} if in_graph else set()
+            rows = self._decode_chunks(tokens_by_seq, starts, all_logits, skipped)
         finally:
             for aligned in mix if in_graph else ():
                 library.set_logit_mix(self._context, aligned, -1, 1.0)
         for aligned, (reference, alpha) in mix.items():
-            reference_rows = rows.pop(reference)
             if not in_graph:
-                rows[aligned] = mix_logits(rows[aligned], reference_rows, alpha)
+                rows[aligned] = mix_logits(rows[aligned], rows.pop(reference), alpha)
         if check:
             for block in rows.values():
                 check_finite(block)
         return rows
 
     def _decode_chunks(
-        self, tokens_by_seq: dict[int, list[int]], starts: dict[int, int], all_logits: bool
+        self,
+        tokens_by_seq: dict[int, list[int]],
+        starts: dict[int, int],
+        all_logits: bool,
+        skipped: set[int],
     ) -> dict[int, np.ndarray]:
-        """decode's llama_decode calls: the batch in chunks, and each sequence's rows of logits."""
+        """decode's llama_decode calls: the batch in chunks, and the rows of logits of each
+        sequence but the skipped ones."""
         chunk = max(1, self.n_batch // len(tokens_by_seq))
         longest = max(len(tokens) for tokens in tokens_by_seq.values())
         rows: dict[int, list[np.ndarray]] = {seq: [] for seq in tokens_by_seq}
@@ -393,9 +399,10 @@ class ClmModel:
                 block = np.ctypeslib.as_array(pointer, shape=(n_out, self.n_vocab))
                 row = 0
                 for seq, count in wanted:
-                    rows[seq].append(block[row : row + count].copy())
+                    if seq not in skipped:
+                        rows[seq].append(block[row : row + count].copy())
                     row += count
-        return {seq: np.concatenate(parts) for seq, parts in rows.items()}
+        return {seq: np.concatenate(parts) for seq, parts in rows.items() if seq not in skipped}
 
     def _timed_decode(self, n_tokens: int) -> int:
         """llama_decode of the filled batch, with the thread count the tuner picks for it."""
