@@ -117,6 +117,7 @@ def chat(
         if text is None:
             loaded = _load(path, ctx=ctx, threads=threads, n_gpu_layers=n_gpu_layers)
         else:
+            mode = _one_answer_mode(path, alpha, mode)
             loaded = _load_for_one_answer(path, mode, threads=threads, n_gpu_layers=n_gpu_layers)
         messages = [] if system is None else [{"role": "system", "content": system}]
         session = ChatSession(
@@ -198,19 +199,29 @@ def _load(
     )
 
 
+def _one_answer_mode(path: Path, alpha: float | None, mode: str | None) -> str | None:
+    """The mode a one-shot answer runs in: the one asked for (or the file's), except that logits
+    mode at alpha 0 or 1 is a single path (the base model, or the aligned one), whose logits embed
+    mode computes at that alpha with one sequence instead of two (the tests hold the two equal).
+    An answer's alpha cannot change halfway, so nothing needs the second sequence."""
+    from clm_local.runtime.model import read_info
+
+    info = read_info(path)
+    alpha = info.alpha_default if alpha is None else alpha
+    mode = mode or info.mix_default
+    return "embed" if info.is_clm and mode == "logits" and alpha in (0.0, 1.0) else mode
+
+
 def _load_for_one_answer(path: Path, mode: str | None, *, threads: int | None, n_gpu_layers: int) -> ClmModel:
     """The model with a small context and, in embed mode, one sequence: creating the KV cache is a
     good part of the time to first token, and one answer needs neither the reference sequence of
     logits mode nor all of --ctx (_fit_to_one_answer sizes the context once the prompt is known)."""
-    from clm_local.runtime.model import read_info
-
-    embed_only = (mode or read_info(path).mix_default) == "embed"
     return _load(
         path,
         ctx=ONE_SHOT_FIRST_CTX,
         threads=threads,
         n_gpu_layers=n_gpu_layers,
-        n_sequences=1 if embed_only else None,
+        n_sequences=1 if mode == "embed" else None,
     )
 
 

@@ -62,7 +62,8 @@ def test_bench_adds_the_busy_machine_and_first_token_comparisons() -> None:
         assert row["quiet_tps"] > 0 and row["busy_tps"] > 0
     assert set(report["first_token"]) == {
         "clm-local chat --prompt",
-        "clm-local chat --prompt --mode embed",
+        "clm-local chat --prompt --alpha 0.8",
+        "clm-local chat --prompt --alpha 0.8 --mode embed",
         "llama_cpp.Llama",
     }
     assert report["first_token"]["llama_cpp.Llama"]["over_llama_cpp"] == 1.0

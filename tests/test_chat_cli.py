@@ -46,16 +46,21 @@ def test_a_piped_question_is_answered_like_prompt() -> None:
     assert piped.stdout == run_cli("chat", "--prompt", "What is the capital of France?", *FAST).stdout
 
 
-@pytest.mark.parametrize("mode", ["logits", "embed"])
-def test_a_one_shot_answer_in_its_fitted_context_is_the_sessions_answer(clm_path: Path, mode: str) -> None:
-    """One-shot chat sizes its context (and, in embed mode, its sequences) to the answer; the
-    question is longer than the context it starts with, so the context grows."""
+@pytest.mark.parametrize(
+    ("mode", "alpha"), [("logits", 1.5), ("embed", 1.5), ("logits", 1.0), ("logits", 0.0)]
+)
+def test_a_one_shot_answer_in_its_fitted_context_is_the_sessions_answer(
+    clm_path: Path, mode: str, alpha: float
+) -> None:
+    """One-shot chat sizes its context (and, in embed mode, its sequences) to the answer, and
+    serves logits mode at alpha 0 and 1 with one sequence; the question is longer than the
+    context it starts with, so the context grows."""
     question = "Explain how a lighthouse works, what its keeper does all night, and why. " * 4
-    settings = ["--alpha", "1.5", "--mode", mode]
+    settings = ["--alpha", str(alpha), "--mode", mode]
     result = run_cli("chat", "-m", str(clm_path), "--prompt", question, *settings, *FAST)
     assert result.returncode == 0, result.stderr
     with clm_local.load(clm_path, n_ctx=512, n_threads=1) as model:
-        session = ChatSession(model, alpha=1.5, mode=mode, sampling=SamplingParams(temp=0), max_tokens=12)
+        session = ChatSession(model, alpha=alpha, mode=mode, sampling=SamplingParams(temp=0), max_tokens=12)
         expected = "".join(session.ask(question.strip()))
     assert result.stdout == expected + "\n"
 

@@ -69,6 +69,13 @@ def test_alpha_zero_is_the_base_model_and_alpha_one_the_expanded_model(tiny, loa
     assert relative_error(loaded.logits(TOKENS, 1.0, mode), expanded_logits) <= TOLERANCE
 
 
+def test_logits_mode_at_alpha_0_and_1_is_embed_mode_with_one_sequence(tiny, loaded) -> None:
+    """What lets a one-shot answer at alpha 0 or 1 skip logits mode's second sequence."""
+    for alpha in (0.0, 1.0):
+        embed = loaded.logits(TOKENS, alpha, "embed")
+        np.testing.assert_allclose(loaded.logits(TOKENS, alpha, "logits"), embed, rtol=0, atol=1e-5)
+
+
 def test_a_sequence_of_calls_with_changing_alpha_and_mode(tiny, loaded) -> None:
     """No stale graph, no KV left over from an earlier call or from the other sequence."""
     model, _ = tiny

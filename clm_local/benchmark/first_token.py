@@ -1,10 +1,11 @@
 """`clm-local bench --first-token`: time to first token from a cold process.
 
 Each run is a new process that loads the model, applies its chat template to one short question
-and produces one token: `clm-local chat --prompt Q --max-tokens 1 --temp 0` in the file's
-default mode (logits mode reads the prompt twice) and in embed mode (one sequence), against
-`llama_cpp.Llama(MODEL).create_chat_completion` with max_tokens=1 on the same file (what a
-llama-cpp-python user runs; it sees the aligned path only). Interleaved, medians, in one run.
+and produces one token: `clm-local chat --prompt Q --max-tokens 1 --temp 0` with the file's
+defaults (the default model's alpha 1 is one path, so a one-shot answer runs one sequence), at
+alpha 0.8 in logits mode (both paths: the prompt is read twice) and at alpha 0.8 in embed mode,
+against `llama_cpp.Llama(MODEL).create_chat_completion` with max_tokens=1 on the same file (what
+a llama-cpp-python user runs; it sees the aligned path only). Interleaved, medians, in one run.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def run_first_token(
             "--prompt", QUESTION, "--max-tokens", "1", "--temp", "0"]  # fmt: skip
     commands = {
         "clm-local chat --prompt": chat,
-        "clm-local chat --prompt --mode embed": [*chat, "--mode", "embed"],
+        "clm-local chat --prompt --alpha 0.8": [*chat, "--alpha", "0.8", "--mode", "logits"],
+        "clm-local chat --prompt --alpha 0.8 --mode embed": [*chat, "--alpha", "0.8", "--mode", "embed"],
         REFERENCE: [sys.executable, "-c", LLAMA_CPP, str(model_path), QUESTION],
     }
     times: dict[str, list[float]] = {name: [] for name in commands}
