@@ -75,6 +75,27 @@ def test_eight_alphas_at_once_answer_as_alone(server: ServerProcess) -> None:
     assert most_sequences > most_slots  # logits-mode slots bring two sequences each
 
 
+def test_logits_mode_at_alpha_0_or_1_decodes_one_sequence(server: ServerProcess) -> None:
+    """Alpha 0 and 1 are single paths: a logits-mode request there runs as embed mode does, one
+    sequence a step, with embed mode's answer; any other alpha brings the reference sequence."""
+    client = openai.OpenAI(base_url=server.api, api_key="none", max_retries=0, timeout=300)
+    question = "What do bees make?"
+
+    def counts() -> tuple[int, int]:
+        return metric(server, "clm_decode_steps_total"), metric(server, "clm_decode_sequences_total")
+
+    def sequences_per_step(alpha: float, mode: str) -> tuple[float, str]:
+        steps, sequences = counts()
+        text = answer(client, alpha, mode, question)[0]
+        steps_after, sequences_after = counts()
+        return (sequences_after - sequences) / (steps_after - steps), text
+
+    for alpha in (0.0, 1.0):
+        per_step, text = sequences_per_step(alpha, "logits")
+        assert per_step == 1 and text == answer(client, alpha, "embed", question)[0]
+    assert sequences_per_step(0.5, "logits")[0] == 2
+
+
 def test_an_overflowing_alpha_fails_only_its_own_request(server: ServerProcess) -> None:
     """alpha 3e38 overflows the logits mix of its slot: that request gets a 400 with the reason,
     the request decoded in the same steps answers as it does alone."""

@@ -11,7 +11,9 @@ Slots differ freely in alpha and mode within a batch, because the patched llama.
 pre-layer coefficient per sequence:
 - embed mode: the slot's first sequence, at coefficient alpha;
 - logits mode: its aligned (coefficient 1) and reference (coefficient 0) sequences, whose logits
-  are mixed with the slot's alpha after the step;
+  are mixed with the slot's alpha after the step; at alpha 0 or 1 the mix is a single path (the
+  base model, or the aligned one), which one sequence at that coefficient computes identically,
+  as in embed mode: a request's alpha never changes, so its slot needs no second sequence;
 - a plain model: one sequence, alpha has no effect.
 New requests take free slots between steps; a finished or abandoned one leaves and its sequences
 are emptied. Requests beyond the slots wait in a bounded queue; past it `submit` refuses them.
@@ -352,7 +354,7 @@ class Scheduler:
                 raise ClmError(f"the prompt has {len(prompt)} tokens, the context holds {self.n_ctx} (--ctx)")
             if not self.info.is_clm:
                 coefficients: tuple[float, ...] = (1.0,)
-            elif request.mode == "embed":
+            elif request.mode == "embed" or request.alpha in (0.0, 1.0):  # one path: see above
                 coefficients = (request.alpha,)
             else:
                 coefficients = (1.0, 0.0)  # aligned, reference: mixed by alpha after each step
