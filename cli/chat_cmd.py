@@ -200,16 +200,14 @@ def _load(
 
 
 def _one_answer_mode(path: Path, alpha: float | None, mode: str | None) -> str | None:
-    """The mode a one-shot answer runs in: the one asked for (or the file's), except that logits
-    mode at alpha 0 or 1 is a single path (the base model, or the aligned one), whose logits embed
-    mode computes at that alpha with one sequence instead of two (the tests hold the two equal).
-    An answer's alpha cannot change halfway, so nothing needs the second sequence."""
-    from clm_local.runtime.model import read_info
+    """The mode a one-shot answer runs in: the one asked for (or the file's), in as few sequences
+    as its fixed alpha allows (fewest_sequences_mode)."""
+    from clm_local.runtime.model import fewest_sequences_mode, read_info
 
     info = read_info(path)
-    alpha = info.alpha_default if alpha is None else alpha
-    mode = mode or info.mix_default
-    return "embed" if info.is_clm and mode == "logits" and alpha in (0.0, 1.0) else mode
+    if not info.is_clm:
+        return mode
+    return fewest_sequences_mode(info.alpha_default if alpha is None else alpha, mode or info.mix_default)
 
 
 def _load_for_one_answer(path: Path, mode: str | None, *, threads: int | None, n_gpu_layers: int) -> ClmModel:

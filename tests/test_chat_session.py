@@ -20,6 +20,7 @@ import clm_local
 from clm_local import ClmError, default_model, gguf_keys
 from clm_local.chat import ChatSession, SamplingParams
 from clm_local.chat.template import ChatTemplate
+from clm_local.runtime.model import ALIGNED_SEQ, REFERENCE_SEQ
 
 # Until a trained pre-layer ships, the default model is the plain base model, which says so.
 pytestmark = pytest.mark.filterwarnings("ignore:.*no CLM pre-layer")
@@ -110,6 +111,17 @@ def test_alpha_zero_answers_like_the_base_model(clm, mode: str) -> None:
 def test_alpha_one_is_the_same_in_both_modes(clm) -> None:
     in_logits = clm.chat(QUESTION, alpha=1.0, mode="logits", stream=False, temp=0.0, max_tokens=16)
     assert clm.chat(QUESTION, alpha=1.0, mode="embed", stream=False, temp=0.0, max_tokens=16) == in_logits
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_a_one_call_answer_at_alpha_0_or_1_leaves_the_reference_sequence_empty(clm, alpha: float) -> None:
+    """chat() cannot change its alpha midway, so logits mode at a single-path alpha runs on one
+    sequence (ChatSession, which may turn the dial between turns, keeps both)."""
+    clm.reset()
+    clm.chat(QUESTION, alpha=alpha, mode="logits", stream=False, temp=0.0, max_tokens=4)
+    assert clm.next_position(ALIGNED_SEQ) > 0 and clm.next_position(REFERENCE_SEQ) == 0
+    clm.chat(QUESTION, alpha=0.5, mode="logits", stream=False, temp=0.0, max_tokens=4)
+    assert clm.next_position(REFERENCE_SEQ) > 0
 
 
 def test_a_second_turn_decodes_only_what_is_new(clm, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,7 +15,7 @@ from clm_local.chat.generation import Decoder
 from clm_local.chat.sampling import SamplingParams
 from clm_local.chat.template import ChatTemplate, Message
 from clm_local.errors import ClmError
-from clm_local.runtime.model import ClmModel, check_alpha, check_mode
+from clm_local.runtime.model import ClmModel, check_alpha, check_mode, fewest_sequences_mode
 
 
 def _warn(message: str) -> None:
@@ -155,14 +155,17 @@ def chat(
     """Answer the last (user) message of `messages`: pieces of text, or one string if not stream.
 
     sampling takes SamplingParams' fields (temp, top_k, top_p, min_p, repeat_penalty, seed).
-    Each call starts from an empty cache; keep a ChatSession to reuse it between turns.
+    Each call starts from an empty cache; keep a ChatSession to reuse it between turns. The
+    answer's alpha cannot change, so it runs in as few sequences as that alpha allows.
     """
     if not messages or messages[-1].get("role") != "user":
         raise ClmError("the last message must be the user's ({'role': 'user', 'content': ...})")
+    alpha = check_alpha(model.info.alpha_default if alpha is None else alpha)
+    mode = check_mode(model.info.mix_default if mode is None else mode)
     session = ChatSession(
         model,
         alpha=alpha,
-        mode=mode,
+        mode=fewest_sequences_mode(alpha, mode),
         messages=messages[:-1],
         sampling=SamplingParams(**sampling),
         max_tokens=max_tokens,

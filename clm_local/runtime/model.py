@@ -119,6 +119,14 @@ def check_mode(mode: str) -> str:
     return mode
 
 
+def fewest_sequences_mode(alpha: float, mode: str) -> str:
+    """The mode that computes `mode`'s logits at `alpha` with the fewest sequences, for an answer
+    whose alpha cannot change (a one-shot answer, a server request): logits mode at alpha 0 or 1
+    is a single path (the base model, or the aligned one), which embed mode computes identically
+    with one sequence instead of two."""
+    return "embed" if mode == "logits" and alpha in (0.0, 1.0) else mode
+
+
 class ClmModel:
     """One GGUF in one llama.cpp context, with room for the two sequences of logits mode.
 

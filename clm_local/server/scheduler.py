@@ -36,7 +36,7 @@ import numpy as np
 from clm_local.chat.sampling import Sampler, SamplingParams
 from clm_local.chat.template import ChatTemplate, Message
 from clm_local.errors import ClmError
-from clm_local.runtime.model import NON_FINITE_CAUSES, ClmModel, ModelInfo, read_info
+from clm_local.runtime.model import NON_FINITE_CAUSES, ClmModel, ModelInfo, fewest_sequences_mode, read_info
 
 # -- what a handler asks for and what it hears back ---------------------------------------------------
 
@@ -354,7 +354,7 @@ class Scheduler:
                 raise ClmError(f"the prompt has {len(prompt)} tokens, the context holds {self.n_ctx} (--ctx)")
             if not self.info.is_clm:
                 coefficients: tuple[float, ...] = (1.0,)
-            elif request.mode == "embed" or request.alpha in (0.0, 1.0):  # one path: see above
+            elif fewest_sequences_mode(request.alpha, request.mode) == "embed":  # see above
                 coefficients = (request.alpha,)
             else:
                 coefficients = (1.0, 0.0)  # aligned, reference: mixed by alpha after each step
