@@ -290,9 +290,7 @@ class ClmModel:
         if n_ctx == self.n_ctx:
             return
         self.cache_version += 1
-        self._llama.llama_batch_free(self._batch)
-        self._llama.llama_free(self._context)
-        self._batch = self._context = None
+        self._free_context()
         self._create_context(n_ctx)
 
     @_uses_context
@@ -539,15 +537,19 @@ class ClmModel:
 
     def _free(self) -> None:
         self.cache_version += 1
+        self._free_context()
+        if self._model:
+            self._llama.llama_model_free(self._model)
+            self._model = None
+
+    def _free_context(self) -> None:
+        """The context and its batch (the model's weights stay): for close and resize_context."""
         if self._batch is not None:
             self._llama.llama_batch_free(self._batch)
             self._batch = None
         if self._context:
             self._llama.llama_free(self._context)
             self._context = None
-        if self._model:
-            self._llama.llama_model_free(self._model)
-            self._model = None
 
     def __enter__(self) -> ClmModel:
         return self
