@@ -205,3 +205,65 @@ def test_gpu_layers_on_a_cpu_build_are_explained(clm_file: Path) -> None:
     with pytest.warns(UserWarning, match="no GPU backend"):
         clm_local.load(clm_file, n_ctx=32, n_threads=1, n_gpu_layers=99).close()
     assert time.monotonic() - started < 60
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        "model.forget_after(2, 0)",
+        "model.forget_after(-1, 0)",
+        "model.next_position(7)",
+        "model.set_alpha(2, 0.5)",
+        "model.get_alpha(300)",
+        "model.decode({2: [1]})",
+        "model.decode({0: [1], 1: [1]}, mix={0: (5, 0.5)})",
+    ],
+)
+def test_a_sequence_id_out_of_range_is_refused(clm_file: Path, call: str) -> None:
+    """forget_after(2, 0) on a model of two sequences reached a GGML_ASSERT (abort)."""
+    result = run_child(
+        f"""
+        import clm_local
+        from clm_local import ClmError
+        with clm_local.load({str(clm_file)!r}, n_ctx=32, n_threads=1) as model:
+            try:
+                {call}
+            except ClmError as error:
+                print("refused:", error)
+        """
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("refused: sequence id") and "out of range" in result.stdout
+
+
+def test_a_shared_kv_pool_decodes_any_mix_of_sequences_in_one_forward_pass(clm_file: Path) -> None:
+    """With one pool, scattered sequences with different alphas, prompt chunks and single tokens
+    all go through one ubatch; each keeps the logits it has when decoded alone."""
+    with clm_local.load(clm_file, n_ctx=32, n_threads=1, n_sequences=8, kv_pool=64, n_batch=32) as model:
+        batch = {1: [3, 4, 5, 6], 4: [7], 6: [8, 9], 7: [10]}
+        for seq, alpha in zip(batch, (0.5, -1.0, 2.0, 1.0), strict=True):
+            model.set_alpha(seq, alpha)
+        before = model.forward_passes
+        together = model.decode(batch)
+        assert model.forward_passes - before == 1
+        for seq, tokens in batch.items():
+            alpha = model.get_alpha(seq)
+            model.reset()
+            model.set_alpha(seq, alpha)
+            alone = model.decode({seq: tokens})[seq]
+            np.testing.assert_allclose(together[seq], alone, rtol=1e-4, atol=1e-4)
+
+
+def test_an_overflowing_alpha_in_a_shared_pool_leaves_the_other_sequences_finite(clm_file: Path) -> None:
+    """The blend is clamped in llama.cpp: alpha 3e38 in embed mode gives finite (useless) values
+    instead of inf in the shared KV cache, which the other sequences' attention reads (masked,
+    but inf * 0 is nan)."""
+    with clm_local.load(clm_file, n_ctx=32, n_threads=1, n_sequences=2, kv_pool=64, n_batch=64) as model:
+        model.set_alpha(1, 1.0)
+        alone = model.decode({1: TOKENS * 4}, all_logits=True)[1]
+        model.reset()
+        model.set_alpha(0, 3e38)
+        model.decode({0: TOKENS * 4}, check=False)
+        model.set_alpha(1, 1.0)
+        after = model.decode({1: TOKENS * 4}, all_logits=True)[1]  # attends over the masked cells
+        np.testing.assert_allclose(after, alone, rtol=1e-4, atol=1e-4)

@@ -27,6 +27,7 @@ from clm_local.runtime.model import (
     ClmModel,
     check_alpha,
     check_mode,
+    sequence_coefficients,
 )
 
 
@@ -60,11 +61,8 @@ class Decoder:
 
     def coefficients_for(self, alpha: float, mode: str) -> dict[int, float]:
         """The pre-layer coefficient of each sequence that serves `alpha` in `mode`."""
-        if not self.model.info.is_clm:
-            return {ALIGNED_SEQ: 1.0}
-        if mode == "embed":
-            return {ALIGNED_SEQ: alpha}
-        return {ALIGNED_SEQ: 1.0, REFERENCE_SEQ: 0.0}
+        coefficients = sequence_coefficients(self.model.info, alpha, mode)
+        return dict(zip((ALIGNED_SEQ, REFERENCE_SEQ), coefficients, strict=False))
 
     def needs_recompute(self, alpha: float, mode: str) -> bool:
         """Whether serving `alpha` in `mode` would throw the cached context away."""

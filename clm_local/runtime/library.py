@@ -54,6 +54,7 @@ def _has_hook(lib: ctypes.CDLL) -> bool:
     try:
         lib.llama_set_pre_layer_alpha  # noqa: B018 - the symbol lookup is the check
         lib.llama_set_pre_layer_logit_mix  # noqa: B018 - added by a later version of the patch
+        lib.llama_n_ubatch_computed  # noqa: B018 - added by a later version of the patch
     except AttributeError:
         return False
     return True
@@ -82,6 +83,8 @@ def llama() -> ModuleType:
         ctypes.c_float,
     ]
     lib.llama_set_pre_layer_logit_mix.restype = ctypes.c_int32
+    lib.llama_n_ubatch_computed.argtypes = [bindings.llama_context_p_ctypes]
+    lib.llama_n_ubatch_computed.restype = ctypes.c_int64
 
     _capture_log(bindings)
     bindings.llama_backend_init()
@@ -136,6 +139,11 @@ def set_logit_mix(context: ctypes.c_void_p, seq_id: int, partner: int, alpha: fl
     caller then mixes the two rows of logits itself.
     """
     return llama()._lib.llama_set_pre_layer_logit_mix(context, seq_id, partner, alpha) == 0
+
+
+def n_ubatch_computed(context: ctypes.c_void_p) -> int:
+    """The forward passes (ubatches) llama.cpp has computed on this context since its creation."""
+    return int(llama()._lib.llama_n_ubatch_computed(context))
 
 
 def status() -> RuntimeStatus:

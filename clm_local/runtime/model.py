@@ -119,6 +119,21 @@ def check_mode(mode: str) -> str:
     return mode
 
 
+def sequence_coefficients(info: ModelInfo, alpha: float, mode: str) -> tuple[float, ...]:
+    """The pre-layer coefficient of each sequence that computes `mode`'s logits at `alpha`: this
+    is where alpha enters the runtime. A plain model: one sequence as it is; embed mode: one at
+    alpha; logits mode: aligned (1) and reference (0), whose logits are then mixed by alpha."""
+    if not info.is_clm:
+        return (1.0,)
+    return (alpha,) if mode == "embed" else (1.0, 0.0)
+
+
+def request_sequences(info: ModelInfo, alpha: float, mode: str) -> tuple[float, ...]:
+    """sequence_coefficients for an answer whose alpha cannot change (a server request, a
+    one-shot answer): with the fewest sequences (fewest_sequences_mode)."""
+    return sequence_coefficients(info, alpha, fewest_sequences_mode(alpha, mode))
+
+
 def fewest_sequences_mode(alpha: float, mode: str) -> str:
     """The mode that computes `mode`'s logits at `alpha` with the fewest sequences, for an answer
     whose alpha cannot change (a one-shot answer, a server request): logits mode at alpha 0 or 1
@@ -133,6 +148,10 @@ class ClmModel:
     `n_ctx` is the context of one conversation (one sequence). A CLM model reserves it for each
     of its two sequences (aligned and reference), so the KV cache holds 2 * n_ctx positions.
     `n_sequences` overrides that count: 1 for embed mode only, more for parallel sampling.
+    `kv_pool` instead makes one KV cache of that many positions shared by all sequences (llama.cpp's
+    unified cache, as llama-server uses): any mix of sequences then goes through one forward pass
+    per llama_decode, and `n_batch` counts the tokens of a whole call rather than one sequence's.
+    The caller keeps the sequences' total within the pool (a full pool fails the decode).
     `n_threads` fixes the CPU threads; by default decoding uses every usable core and fewer while
     other programs take some (runtime/threads.py).
 
@@ -151,6 +170,7 @@ class ClmModel:
         n_gpu_layers: int = 0,
         n_batch: int = 512,
         n_sequences: int | None = None,
+        kv_pool: int | None = None,
     ) -> None:
         self._model = self._context = self._batch = None
         self._guard = threading.Lock()  # protects _owner and _depth, held only briefly
@@ -158,8 +178,8 @@ class ClmModel:
         self._depth = 0
         self.cache_version = 0
         self.info = read_info(path)
-        if n_ctx < 1 or n_batch < 1:
-            raise ClmError("n_ctx and n_batch must be positive")
+        if n_ctx < 1 or n_batch < 1 or (kv_pool is not None and kv_pool < 1):
+            raise ClmError("n_ctx, n_batch and kv_pool must be positive")
         if n_threads is not None and n_threads < 1:
             raise ClmError(f"n_threads must be at least 1, got {n_threads}")
         if n_gpu_layers < 0:
@@ -189,7 +209,8 @@ class ClmModel:
         self._vocab = self._llama.llama_model_get_vocab(self._model)
         self.n_vocab = int(self._llama.llama_vocab_n_tokens(self._vocab))
         self.has_text_vocabulary = self._llama.llama_vocab_type(self._vocab) != LLAMA_VOCAB_TYPE_NONE
-        self._batch_per_sequence = n_batch
+        self._n_batch_asked = n_batch
+        self.kv_pool = kv_pool
         self._create_context(n_ctx)
         # whether llama.cpp mixes logits-mode pairs before the head (decode's `mix`), else numpy does
         self.mixes_before_head = (
@@ -203,9 +224,14 @@ class ClmModel:
         """The llama.cpp context, its batch and its memory handle, for n_ctx positions a sequence."""
         self._applied_threads = threads = self._threads.current
         context_params = self._llama.llama_context_default_params()
-        context_params.n_ctx = n_ctx * self.n_sequences
         context_params.n_seq_max = self.n_sequences
-        batch = min(self._batch_per_sequence, n_ctx) * self.n_sequences
+        if self.kv_pool is None:  # a stream of n_ctx positions for each sequence
+            context_params.n_ctx = n_ctx * self.n_sequences
+            batch = min(self._n_batch_asked, n_ctx) * self.n_sequences
+        else:  # one pool, and one ubatch for any mix of sequences (llama.cpp's split_simple)
+            context_params.n_ctx = self.kv_pool
+            context_params.kv_unified = True
+            batch = self._n_batch_asked
         context_params.n_batch = context_params.n_ubatch = batch
         context_params.n_threads = context_params.n_threads_batch = threads
         context_params.no_perf = True
@@ -296,6 +322,7 @@ class ClmModel:
     @_uses_context
     def forget_after(self, seq_id: int, position: int) -> None:
         """Drop a sequence's cached positions from `position` on."""
+        self._check_sequence(seq_id)
         self.cache_version += 1
         if not self._llama.llama_memory_seq_rm(self._memory, seq_id, position, -1):
             raise ClmError(f"llama.cpp could not drop positions {position}.. of sequence {seq_id}")
@@ -303,16 +330,19 @@ class ClmModel:
     @_uses_context
     def next_position(self, seq_id: int) -> int:
         """The position after the last one cached for the sequence (0 when empty)."""
+        self._check_sequence(seq_id)
         return int(self._llama.llama_memory_seq_pos_max(self._memory, seq_id)) + 1
 
     @_uses_context
     def set_alpha(self, seq_id: int, alpha: float) -> None:
         """The pre-layer coefficient of a sequence, from its next decoded token on."""
+        self._check_sequence(seq_id)
         self.cache_version += 1
         library.set_pre_layer_alpha(self._context, seq_id, check_alpha(alpha))
 
     @_uses_context
     def get_alpha(self, seq_id: int) -> float:
+        self._check_sequence(seq_id)
         return library.get_pre_layer_alpha(self._context, seq_id)
 
     @_uses_context
@@ -339,6 +369,8 @@ class ClmModel:
         if not tokens_by_seq:
             return {}
         mix = mix or {}
+        for seq in [*tokens_by_seq, *mix, *(reference for reference, _ in mix.values())]:
+            self._check_sequence(seq)
         self.cache_version += 1
         starts = {seq: self.next_position(seq) for seq in tokens_by_seq}
         for seq, tokens in tokens_by_seq.items():
@@ -380,8 +412,9 @@ class ClmModel:
     ) -> dict[int, np.ndarray]:
         """decode's llama_decode calls: the batch in chunks, and the rows of logits of each
         sequence but the skipped ones."""
-        chunk = max(1, self.n_batch // len(tokens_by_seq))
         longest = max(len(tokens) for tokens in tokens_by_seq.values())
+        fits = sum(len(tokens) for tokens in tokens_by_seq.values()) <= self.n_batch
+        chunk = longest if fits else max(1, self.n_batch // len(tokens_by_seq))
         rows: dict[int, list[np.ndarray]] = {seq: [] for seq in tokens_by_seq}
         for offset in range(0, longest, chunk):
             wanted: list[tuple[int, int]] = []  # (seq, number of output rows) in batch order
@@ -421,6 +454,22 @@ class ClmModel:
         if status == 0:
             self._threads.record(n_tokens, threads, time.perf_counter() - started)
         return status
+
+    def _check_sequence(self, seq_id: int) -> None:
+        """llama.cpp aborts the process on a sequence id it has no room for: refuse it here."""
+        if (
+            isinstance(seq_id, bool)
+            or not isinstance(seq_id, int | np.integer)
+            or not (0 <= seq_id < self.n_sequences)
+        ):
+            raise ClmError(f"sequence id {seq_id!r} is out of range: this model has {self.n_sequences} (0..)")
+
+    @property
+    def forward_passes(self) -> int:
+        """Forward passes (llama.cpp ubatches) computed since the context was created: one
+        llama_decode takes several when its tokens outnumber n_batch, or (without kv_pool) when
+        its sequences cannot share one ubatch."""
+        return library.n_ubatch_computed(self._context)
 
     @property
     def n_threads(self) -> int:
@@ -509,10 +558,10 @@ class ClmModel:
     # -- lifetime and ownership -------------------------------------------------------------------
 
     def _enter(self, method: str) -> None:
-        if self._context is None:
-            raise ClmError("this model is closed (load it again)")
         me = threading.get_ident()
-        with self._guard:
+        with self._guard:  # the closed check too: close() frees under this lock
+            if self._context is None:
+                raise ClmError("this model is closed (load it again)")
             if self._owner not in (None, me):
                 raise ClmError(
                     f"this model is in use by another thread ({method} refused); a model serves one thread "
