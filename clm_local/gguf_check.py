@@ -2,7 +2,8 @@
 
 llama.cpp trusts a file's metadata in places: it aborts the whole process (GGML_ASSERT) on a block
 count above LLAMA_MAX_LAYERS, a negative or NaN norm epsilon, a RoPE dimension unlike the head size
-in graphs that require them equal, a tokenizer model that does not match the vocabulary, and more.
+in graphs that require them equal (odd or above it in any graph), a norm or bias stored as F16, a
+tokenizer model that does not match the vocabulary, and more; a zero RoPE base gives NaN logits.
 `check_gguf(path)` reads the header (clm_local.gguf_header, cheap and bounded) and refuses such a
 file with one ClmError naming the file and the first problem.
 
@@ -43,7 +44,17 @@ TOKENIZER_MODELS = ("gpt2", "llama", "none", "no_vocab")
 NO_TEXT_TOKENIZERS = ("none", "no_vocab")
 # ggml types that hold integers or doubles: llama.cpp's matrix and norm kernels take none of them.
 INTEGER_TENSOR_TYPES = ("I8", "I16", "I32", "I64", "F64")
-VECTOR_TYPES = ("F32", "F16", "BF16")  # norms and biases (ggml's element-wise ops)
+# The graphs multiply F32 activations by every norm weight (build_norm: ggml_mul) and add every
+# bias (ggml_add); ggml-cpu's binary ops (binary-ops.cpp, binary_op) abort unless such an operand
+# is F32 too, and ggml_rope_ext asserts F32 frequency factors. 1-D tensors are all of these kinds.
+VECTOR_TYPES = ("F32",)
+ELEMENTWISE_SUFFIXES = (
+    "norm.weight",
+    ".bias",
+    "rope_factors_long.weight",
+    "rope_factors_short.weight",
+    "rope_freqs.weight",
+)
 
 _BLOCK_TENSOR = re.compile(r"blk\.(\d+)\.(.+)")
 
@@ -105,8 +116,12 @@ class ArchRules:
     norm_eps_key: str = "attention.layer_norm_rms_epsilon"  # after "{arch}."
     # The graph asserts n_embd_head_v == n_embd_head_k == n_rot (llama.cpp aborts otherwise).
     rope_dim_is_head_size: bool = True
+    # The graph asserts n_embd_head_v == n_embd_head_k (implied by rope_dim_is_head_size).
+    same_head_sizes: bool = False
     # Block tensors shaped unlike BLOCK_SHAPES in this graph (Phi-3's fused gate and up: 2 n_ff).
     block_shapes: dict[str, ShapeRule] = field(default_factory=dict)
+    # Keys (after "{arch}.") the graph divides by whatever their value (Gemma 2's soft-caps).
+    divisors: tuple[str, ...] = ()
 
 
 _LLAMA_BLOCK = (
@@ -128,7 +143,13 @@ ARCH_RULES: dict[str, ArchRules] = {
         block_tensors=(*_LLAMA_BLOCK, "attn_q_norm.weight", "attn_k_norm.weight", *_GATED_FFN)
     ),
     # Gemma's head size is its own key (256 on Gemma 2 9B, not n_embd / n_head); no rope assert.
-    "gemma2": ArchRules(block_tensors=_GEMMA_BLOCK, rope_dim_is_head_size=False),
+    # Gemma 2 always soft-caps (models/gemma2.cpp: ggml_scale by 1 / final_logit_softcapping;
+    # attn_soft_cap = true: llama-graph.cpp scales the attention scores by 1 / the attention one).
+    "gemma2": ArchRules(
+        block_tensors=_GEMMA_BLOCK,
+        rope_dim_is_head_size=False,
+        divisors=("attn_logit_softcapping", "final_logit_softcapping"),
+    ),
     "gemma3": ArchRules(
         block_tensors=(*_GEMMA_BLOCK, "attn_q_norm.weight", "attn_k_norm.weight"),
         rope_dim_is_head_size=False,
@@ -143,6 +164,7 @@ ARCH_RULES: dict[str, ArchRules] = {
             "ffn_down.weight",
         ),
         rope_dim_is_head_size=False,
+        same_head_sizes=True,  # models/phi3.cpp: GGML_ASSERT(n_embd_head == n_embd_head_k)
         block_shapes={"ffn_up.weight": lambda h, i: (h.n_embd, 2 * h.n_ff[i])},
     ),
 }
@@ -254,10 +276,20 @@ def _check_llama_asserts(values: _Values, arch: str, n_layer: int) -> None:
     scaling = values.text(f"{arch}.rope.scaling.type")
     if scaling is not None and scaling not in ROPE_SCALING_TYPES:
         raise _Problem(f"{arch}.rope.scaling.type is {scaling!r}, not one of {', '.join(ROPE_SCALING_TYPES)}")
-    for suffix in ("rope.freq_base", "rope.scaling.factor"):
+    for suffix in ("rope.scaling.factor", "rope.scaling.attn_factor"):
         value = values.number(f"{arch}.{suffix}")
         if value is not None and not (math.isfinite(value) and value >= 0):
             raise _Problem(f"{arch}.{suffix} is {value}; it must be finite and not negative")
+    # ggml's rope raises the base to -2/n_dims: a base of 0 gives inf, and the angles NaN
+    for suffix in ("rope.freq_base", "rope.freq_base_swa"):
+        value = values.number(f"{arch}.{suffix}")
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise _Problem(f"{arch}.{suffix} is {value}; it must be finite and positive")
+    # the graphs scale by 1 / softcap, tanh, then by softcap: inf * tanh(0) is NaN
+    for suffix in ("attn_logit_softcapping", "final_logit_softcapping"):
+        value = values.number(f"{arch}.{suffix}")
+        if value is not None and not math.isfinite(value):
+            raise _Problem(f"{arch}.{suffix} is {value}; a soft-cap must be a finite number")
 
 
 def _check_clm_keys(values: _Values, arch: str, n_layer: int) -> None:
@@ -383,10 +415,10 @@ def _check_tensor_types_and_blocks(header: GgufHeader, n_layer: int) -> None:
         kind = tensor.ggml_type.name
         if kind in INTEGER_TENSOR_TYPES:
             raise _Problem(f"tensor {tensor.name} is stored as {kind}, which no model weight can be")
-        if len(tensor.ne) == 1 and kind not in VECTOR_TYPES:
+        if (len(tensor.ne) == 1 or tensor.name.endswith(ELEMENTWISE_SUFFIXES)) and kind not in VECTOR_TYPES:
             raise _Problem(
-                f"tensor {tensor.name} is a vector (a norm or a bias) stored as {kind}; "
-                f"llama.cpp computes with {', '.join(VECTOR_TYPES)} vectors only"
+                f"tensor {tensor.name} (a norm, bias or RoPE factor vector) is stored as {kind}; "
+                "llama.cpp adds and multiplies activations by F32 vectors only"
             )
         match = _BLOCK_TENSOR.fullmatch(tensor.name)
         if match and int(match[1]) >= n_layer:
@@ -428,10 +460,47 @@ def _hparams(values: _Values, arch: str, n_layer: int, n_vocab: int | None, rule
             f"{arch}.rope.dimension_count is {n_rot} but the head size is {head_k}: "
             f"llama.cpp's {arch} graph needs them equal"
         )
+    if rules.same_head_sizes and head_k != head_v:
+        raise _Problem(
+            f"{arch}.attention.key_length ({head_k}) and value_length ({head_v}) differ: "
+            f"llama.cpp's {arch} graph needs them equal"
+        )
+    # The graphs build every block with the head size of block 0 (n_embd_head_k()), while the KV
+    # cache sizes a sliding-window block by the *_swa one: a second size cannot run.
+    for suffix, size in (("key_length", head_k), ("value_length", head_v)):
+        swa_size = values.integer(f"{arch}.attention.{suffix}_swa")
+        if swa_size is not None and swa_size != size:
+            raise _Problem(
+                f"{arch}.attention.{suffix}_swa is {swa_size} but the head size is {size}: "
+                f"llama.cpp's {arch} graph uses one head size for every block"
+            )
+    _check_rope_dims(values, arch, n_rot, head_k)
+    for suffix in rules.divisors:
+        value = values.number(f"{arch}.{suffix}")
+        if value == 0:
+            raise _Problem(f"{arch}.{suffix} is 0; the {arch} graph divides by it")
     if n_vocab is None:
         embedding = next((t for t in values.header.tensors if t.name == "token_embd.weight"), None)
         n_vocab = embedding.ne[-1] if embedding is not None else None
     return Hparams(n_embd, n_layer, n_vocab, n_head, n_head_kv, n_ff, head_k, head_v, n_rot)
+
+
+def _check_rope_dims(values: _Values, arch: str, n_rot: int, head_k: int) -> None:
+    """ggml's rope (ggml-cpu/ops.cpp) asserts n_dims <= ne0 (the head size) and n_dims even, and
+    loops forever on n_dims 0 (it skips the n_dims - 2 rotated channels); with sliding-window
+    blocks, the graph may rotate rope.dimension_count_swa values of every head instead."""
+    n_rot_swa = values.integer(f"{arch}.rope.dimension_count_swa")
+    n_rot_swa = n_rot if n_rot_swa is None else n_rot_swa
+    for key, dims, head in (
+        (f"{arch}.rope.dimension_count", n_rot, head_k),
+        (f"{arch}.rope.dimension_count_swa", n_rot_swa, head_k),
+    ):
+        if dims % 2 or not 2 <= dims <= head:
+            stated = "" if values.present(key) else " (its default: the file does not set it)"
+            raise _Problem(
+                f"{key} is {dims}{stated}; llama.cpp rotates an even number of a head's "
+                f"{head} values, so it must be even and 2 to {head}"
+            )
 
 
 def _check_tensors(header: GgufHeader, hparams: Hparams, rules: ArchRules) -> None:

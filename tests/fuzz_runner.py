@@ -219,9 +219,13 @@ def fuzz(
     return outcomes
 
 
+FAMILIES = ("qwen3", "gemma2", "gemma3", "phi3")  # beyond llama and qwen2, made by tiny_families
+
+
 def write_bases(folder: Path) -> tuple[dict[str, bytes], dict[str, str]]:
     """The valid files the mutations start from: tiny CLM llama and qwen2 files (no text
-    vocabulary), and a tiny plain llama with a real byte-level BPE vocabulary and chat template."""
+    vocabulary), a tiny plain llama with a real byte-level BPE vocabulary and chat template, and
+    a tiny CLM file of each other family (BPE vocabulary; made with transformers, once per run)."""
     from tiny_gguf import make_tiny_model
 
     paths = {
@@ -230,14 +234,30 @@ def write_bases(folder: Path) -> tuple[dict[str, bytes], dict[str, str]]:
     }
     archs = {"llama_clm": "llama", "qwen2_clm": "qwen2"}
     try:
+        import tiny_families  # noqa: F401  (the check that the training extras are there)
         from tiny_hf import make_tiny_model as make_hf_model
         from tiny_hf import write_tiny_gguf
     except ImportError:  # the training extras are missing: fuzz the two files above only
         pass
     else:
-        paths["llama_bpe"] = write_tiny_gguf(make_hf_model(folder / "hf"), folder / "bpe.gguf")
+        quiet = io.StringIO()  # transformers' progress bars
+        with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+            paths["llama_bpe"] = write_tiny_gguf(make_hf_model(folder / "hf"), folder / "bpe.gguf")
         archs["llama_bpe"] = "llama"
+        paths.update(write_family_bases(folder))
+        archs.update({f"{family}_clm": family for family in FAMILIES})
     return {name: path.read_bytes() for name, path in paths.items()}, archs
+
+
+def write_family_bases(folder: Path) -> dict[str, Path]:
+    """`{family}_clm`: a tiny CLM file of each of FAMILIES (the project's converter on
+    tiny_families' expanded model; needs torch and transformers)."""
+    import tiny_families
+
+    quiet = io.StringIO()  # transformers' progress bars and the converter's pre-tokenizer warning
+    with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+        made = {family: tiny_families.make_family_files(folder / family, family, None) for family in FAMILIES}
+    return {f"{family}_clm": files.files["clm_b"] for family, files in made.items()}
 
 
 def main() -> None:

@@ -4,8 +4,10 @@ A recipe is a dict: `{"base": NAME, "op": OP, ...}`. `apply(recipe, bases)` turn
 named base file into the mutated bytes, deterministically, so a crasher is kept as its recipe (a
 line of JSON), never as a binary file. `recipes(seed, count)` yields the targeted metadata edits
 that llama.cpp or the Python readers once failed on (block_count past 512, NaN or negative
-epsilon, RoPE dimension unlike the head size, tokenizer model swaps, huge counts, type-tag
-changes, non-UTF-8 strings), then random truncations, byte flips and value edits.
+epsilon, RoPE dimension unlike the head size, odd, 0 or past it, norms and biases stored as F16 or
+BF16, zero soft-caps and windows, tokenizer model swaps, huge counts, type-tag changes, non-UTF-8
+strings), then random truncations, byte flips and value edits. A tensor is named by its position
+or (in a recipe written by hand) its name.
 
 The file layout is walked here with a few lines of struct code, independently of the checker
 under test (clm_local.gguf_header), and only ever on the valid base files.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +58,8 @@ class Layout:
     entries: dict[str, Entry]
     kv_end: int
     tensor_infos: list[tuple[int, int]]  # (start, end) of each tensor info
+    tensor_names: list[str]
+    tensor_dims: list[int]  # n_dims of each tensor
     infos_end: int
     data_start: int
     alignment: int
@@ -76,19 +81,21 @@ def layout(data: bytes) -> Layout:
         pos = _skip_value(data, pos, vtype)
         entries[key] = Entry(key, start, type_at, value_at, pos, vtype)
     kv_end = pos
-    infos = []
+    infos, names, dims = [], [], []
     for _ in range(n_tensors):
         start = pos
         (length,) = struct.unpack_from("<Q", data, pos)
+        names.append(data[pos + 8 : pos + 8 + length].decode())
         pos += 8 + length
         (n_dims,) = struct.unpack_from("<I", data, pos)
+        dims.append(n_dims)
         pos += 4 + 8 * n_dims + 4 + 8
         infos.append((start, pos))
     alignment = 32
     if "general.alignment" in entries:
         alignment = struct.unpack_from("<I", data, entries["general.alignment"].value_at)[0]
     data_start = -(-pos // alignment) * alignment
-    return Layout(entries, kv_end, infos, pos, data_start, alignment)
+    return Layout(entries, kv_end, infos, names, dims, pos, data_start, alignment)
 
 
 def _skip_value(data: bytes, pos: int, vtype: GGUFValueType) -> int:
@@ -159,8 +166,9 @@ U32, I32, F32, STR = GGUFValueType.UINT32, GGUFValueType.INT32, GGUFValueType.FL
 HUGE = 1 << 60
 
 
-def targeted(base: str, arch: str, *, has_vocab: bool) -> list[Recipe]:
-    """The metadata edits that once crashed or hung something, on one base file."""
+def targeted(base: str, arch: str, *, has_vocab: bool, vectors: list[str] = ()) -> list[Recipe]:
+    """The metadata edits that once crashed or hung something, on one base file; `vectors`: the
+    names of its 1-D tensors (norms, biases), each of which is also stored as F16 and BF16 once."""
 
     def value(key: str, vtype: GGUFValueType, v: Any) -> Recipe:
         return {"base": base, "op": "set", "key": key, "type": int(vtype), "value": v}
@@ -230,6 +238,39 @@ def targeted(base: str, arch: str, *, has_vocab: bool) -> list[Recipe]:
         {"base": base, "op": "truncate", "fraction": 0.001},
         {"base": base, "op": "nan_weights", "index": 0},
     ]
+    # keys that some families' graphs read (RoPE sizes, head sizes, Gemma's window and soft-caps)
+    recipes += [
+        value(f"{arch}.rope.dimension_count", U32, 17),  # odd, and above an 8- or 16-wide head
+        value(f"{arch}.rope.dimension_count", U32, 6),  # even, below the head size
+        value(f"{arch}.rope.dimension_count", U32, 4096),
+        value(f"{arch}.rope.dimension_count_swa", U32, 17),
+        value(f"{arch}.rope.freq_base", F32, 0.0),
+        value(f"{arch}.rope.freq_base_swa", F32, "nan"),
+        value(f"{arch}.rope.freq_base_swa", F32, 0.0),
+        value(f"{arch}.rope.scaling.factor", F32, 1e-30),
+        value(f"{arch}.rope.scaling.type", STR, "yarn"),
+        value(f"{arch}.rope.scaling.type", STR, "longrope"),
+        value(f"{arch}.rope.scaling.original_context_length", U32, 0),
+        value(f"{arch}.rope.scaling.attn_factor", F32, "nan"),
+        value(f"{arch}.attention.key_length", U32, 7),
+        value(f"{arch}.attention.key_length", U32, 0),
+        value(f"{arch}.attention.value_length", U32, 7),
+        value(f"{arch}.attention.key_length_swa", U32, 8),
+        value(f"{arch}.attention.sliding_window", U32, 0),
+        value(f"{arch}.attention.sliding_window", U32, (1 << 32) - 1),
+        value(f"{arch}.attn_logit_softcapping", F32, 0.0),
+        value(f"{arch}.attn_logit_softcapping", F32, "nan"),
+        value(f"{arch}.attn_logit_softcapping", F32, "inf"),
+        value(f"{arch}.attn_logit_softcapping", F32, -50.0),
+        value(f"{arch}.final_logit_softcapping", F32, 0.0),
+        value(f"{arch}.final_logit_softcapping", F32, "nan"),
+        value(f"{arch}.final_logit_softcapping", F32, "inf"),
+    ]
+    for name in vectors:
+        for ggml_type in (1, 30):  # F16, BF16
+            recipes.append(
+                {"base": base, "op": "tensor_field", "index": name, "field": "type", "value": ggml_type}
+            )
     for model in ("llama", "none", "gpt2", "bert", "t5", "nonsense"):
         recipes.append(value("tokenizer.ggml.model", STR, model))
     if has_vocab:
@@ -269,26 +310,46 @@ def random_recipe(rng: random.Random, base: str, size: int, keys: list[str]) -> 
         U32: [0, 1, 2, 511, 512, 513, 1 << 31, (1 << 32) - 1],
         I32: [-1, 0, 1, -(1 << 31)],
         F32: ["nan", "inf", "-inf", -1.0, 0.0, 1e-30, 1e30],
-        STR: ["", "llama", "qwen2", "gpt2", "none", "embed", "x" * 300],
+        STR: ["", "llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "gpt2", "none", "embed", "x" * 300],
         GGUFValueType.UINT64: [0, 1, HUGE, (1 << 64) - 1],
         GGUFValueType.BOOL: [True, False],
     }
     return {"base": base, "op": "set", "key": key, "type": int(vtype), "value": rng.choice(choices[vtype])}
 
 
-def recipes(seed: int, count: int, bases: dict[str, bytes], archs: dict[str, str]) -> list[Recipe]:
-    """`count` recipes: every targeted edit of every base first, then seeded random ones."""
+def recipes(
+    seed: int, count: int, bases: dict[str, bytes], archs: dict[str, str], *, targeted_share: float = 1.0
+) -> list[Recipe]:
+    """`count` recipes: the targeted edits of every base first, then seeded random ones.
+
+    With `targeted_share` below 1, or fewer cases than targeted edits, a seeded sample of the
+    targeted edits (at most that share of `count`) stands for them all: a short run still
+    reaches every base file, each time with other edits."""
     chosen: list[Recipe] = []
     for name, data in bases.items():
-        has_vocab = "tokenizer.ggml.tokens" in layout(data).entries
-        chosen += targeted(name, archs[name], has_vocab=has_vocab)
+        where = layout(data)
+        has_vocab = "tokenizer.ggml.tokens" in where.entries
+        vectors = _distinct_vectors(where)
+        chosen += targeted(name, archs[name], has_vocab=has_vocab, vectors=vectors)
     rng = random.Random(seed)
+    limit = math.floor(count * targeted_share)
+    if len(chosen) > limit:
+        chosen = [chosen[i] for i in sorted(rng.sample(range(len(chosen)), limit))]
     names = sorted(bases)
     keys = {name: sorted(layout(bases[name]).entries) for name in names}
     while len(chosen) < count:
         name = rng.choice(names)
         chosen.append(random_recipe(rng, name, len(bases[name]), keys[name]))
     return chosen[:count]
+
+
+def _distinct_vectors(where: Layout) -> list[str]:
+    """The 1-D tensors, one per kind: the last block's copy of each block tensor (a base block)."""
+    last: dict[str, str] = {}
+    for name, n_dims in zip(where.tensor_names, where.tensor_dims, strict=True):
+        if n_dims == 1:
+            last[re.sub(r"^blk\.\d+\.", "blk.N.", name)] = name
+    return list(last.values())
 
 
 def apply(recipe: Recipe, bases: dict[str, bytes]) -> bytes:
@@ -335,7 +396,10 @@ def apply(recipe: Recipe, bases: dict[str, bytes]) -> bytes:
     raise ValueError(f"unknown mutation {op!r}")
 
 
-def _tensor_field(data: bytes, where: Layout, index: int, field: str, value: Any) -> bytes:
+def _tensor_field(data: bytes, where: Layout, index: int | str, field: str, value: Any) -> bytes:
+    """Edit one field of a tensor's info; `index` is its position or its name."""
+    if isinstance(index, str):
+        index = where.tensor_names.index(index)
     start, end = where.tensor_infos[index]
     (length,) = struct.unpack_from("<Q", data, start)
     dims_at = start + 8 + length

@@ -1,7 +1,9 @@
-"""A seeded, bounded fuzz: 300 mutated copies of the tests' tiny GGUFs through `clm-local info`
-(text, and JSON with --check-values) and `load` + `logits` (+ tokenize where there is text), in
-child processes with a time and memory limit. No case may kill its process, hang, end in a
-traceback, or return non-finite logits. `make fuzz` runs the same with thousands of cases.
+"""A seeded, bounded fuzz: 250 mutated copies of the tests' tiny GGUFs (llama and qwen2, and with
+the training extras qwen3, gemma2, gemma3 and phi3: a seeded sample of every base's targeted edits,
+then random ones) through `clm-local info` (text, and JSON with --check-values) and `load` +
+`logits` (+ tokenize where there is text), in child processes with a time and memory limit. No
+case may kill its process, hang, end in a traceback, or return non-finite logits. `make fuzz` runs
+the same with thousands of cases, every targeted edit first.
 
 Crashers found by the long run are kept below as the recipes that make them (no binary files).
 """
@@ -16,8 +18,9 @@ import pytest
 from fuzz_runner import fuzz, is_failure, summarize, write_bases
 from gguf_mutations import recipes
 
-CASES = 300
+CASES = 250  # the family files take longer per case: about as long as 300 llama and qwen2 cases
 SEED = 20261128
+TARGETED_SHARE = 2 / 3  # of the cases: a seeded sample of the targeted edits of all bases
 
 EPS = "llama.attention.layer_norm_rms_epsilon"
 # Mutations that once crashed or hung something, as found; each must now end in "refused" or "ok".
@@ -52,6 +55,14 @@ REGRESSIONS: list[dict] = [
         "op": "flips",
         "flips": [[2680, 165], [3408, 107], [1214, 12], [273, 2], [623, 114], [3764, 212]],
     },
+    # aborted at the first decode (a 400-case run over the families): ggml's rope asserts
+    # n_dims <= ne0 (the head size, 16), and ggml-cpu's binary ops take no F16 operand with F32
+    # activations ("binary_op: unsupported types: dst: f32, src0: f32, src1: f16")
+    {"base": "phi3_clm", "op": "set", "key": "phi3.rope.dimension_count", "type": 4, "value": 17},
+    {"base": "gemma2_clm", "op": "tensor_field", "index": "output_norm.weight", "field": "type", "value": 1},
+    # hung at the first decode (`make fuzz`, seed 3; gemma2 and phi3 too): ggml's rope skips the
+    # n_dims - 2 rotated channels of each head, which with n_dims 0 steps back forever
+    {"base": "gemma3_clm", "op": "set", "key": "gemma3.rope.dimension_count", "type": 4, "value": 0},
 ]
 
 
@@ -74,7 +85,7 @@ def test_known_crashers_are_refused_cleanly(bases, tmp_path: Path) -> None:
 
 def test_seeded_fuzz_has_no_crash_hang_traceback_or_nan(bases, tmp_path: Path) -> None:
     files, archs = bases
-    outcomes = fuzz(recipes(SEED, CASES, files, archs), files, tmp_path)
+    outcomes = fuzz(recipes(SEED, CASES, files, archs, targeted_share=TARGETED_SHARE), files, tmp_path)
     counts = summarize([status for _, status in outcomes])
     assert len(outcomes) == CASES
     assert not _failures(outcomes), counts

@@ -246,3 +246,105 @@ def test_a_walked_vocabulary_is_remembered_only_while_its_bytes_are_unchanged(
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     with pytest.raises(ClmError, match="not valid UTF-8"):
         read_header(path)
+
+
+# --- the other families' graphs (tiny CLM files made with transformers) -------------------------
+
+FAMILIES = ("qwen3", "gemma2", "gemma3", "phi3")
+HEAD_SIZE = 16  # of every tiny family file (tiny_families: 64 wide, 4 heads or head_dim 16)
+
+
+@pytest.fixture(scope="module")
+def family_bases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    pytest.importorskip("transformers")
+    from fuzz_runner import write_family_bases
+
+    paths = write_family_bases(tmp_path_factory.mktemp("families"))
+    return {name.removesuffix("_clm"): path.read_bytes() for name, path in paths.items()}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_valid_family_files_pass(family_bases: dict[str, bytes], tmp_path: Path, family: str) -> None:
+    assert check_gguf(mutated(tmp_path, family_bases[family])).values["general.architecture"] == family
+
+
+@pytest.mark.parametrize("family", ("llama", "qwen2", *FAMILIES))
+@pytest.mark.parametrize("n_rot", [HEAD_SIZE + 1, HEAD_SIZE + 2, 4096, 7, 0])
+def test_a_rope_dimension_ggml_cannot_rotate_is_refused(
+    bases: dict[str, bytes], family_bases: dict[str, bytes], tmp_path: Path, family: str, n_rot: int
+) -> None:
+    """ggml's rope asserts n_dims <= the head size and n_dims even (a process abort at the first
+    decode: phi3 with 17 did it) and loops forever on 0 (gemma2, gemma3, phi3 hung); llama, qwen2
+    and qwen3 need it equal to the head size."""
+    data = {**bases, **family_bases}[family]
+    message = refusal(mutated(tmp_path, set_value(data, f"{family}.rope.dimension_count", U32, n_rot)))
+    assert f"{family}.rope.dimension_count is {n_rot}" in message
+
+
+@pytest.mark.parametrize("family", ("gemma2", "gemma3", "phi3"))
+def test_a_partial_even_rope_dimension_passes_where_the_graph_allows_it(
+    family_bases: dict[str, bytes], tmp_path: Path, family: str
+) -> None:
+    check_gguf(mutated(tmp_path, set_value(family_bases[family], f"{family}.rope.dimension_count", U32, 6)))
+
+
+def _vectors(data: bytes) -> list[str]:
+    from gguf_mutations import layout
+
+    where = layout(data)
+    return [name for name, n_dims in zip(where.tensor_names, where.tensor_dims, strict=True) if n_dims == 1]
+
+
+@pytest.mark.parametrize("family", ("llama", "qwen2", *FAMILIES))
+def test_every_norm_and_bias_must_be_f32(
+    bases: dict[str, bytes], family_bases: dict[str, bytes], tmp_path: Path, family: str
+) -> None:
+    """ggml-cpu's binary ops abort on an F16 or BF16 operand with F32 activations (gemma2's
+    output_norm.weight as F16: "binary_op: unsupported types"); the graphs multiply by every norm
+    (post norms, q/k norms included) and add every bias."""
+    all_bases = {**bases, **family_bases}
+    names = _vectors(all_bases[family])
+    assert any(name.endswith("norm.weight") for name in names)
+    for name in names:
+        for ggml_type, type_name in ((1, "F16"), (30, "BF16")):
+            recipe = {
+                "base": family,
+                "op": "tensor_field",
+                "index": name,
+                "field": "type",
+                "value": ggml_type,
+            }
+            message = refusal(mutated(tmp_path, apply(recipe, all_bases)))
+            assert f"tensor {name} (a norm, bias or RoPE factor vector) is stored as {type_name}" in message
+
+
+@pytest.mark.parametrize(
+    ("family", "key", "vtype", "value", "expected"),
+    [
+        ("gemma2", "gemma2.attn_logit_softcapping", F32, 0.0, "is 0; the gemma2 graph divides by it"),
+        ("gemma2", "gemma2.final_logit_softcapping", F32, 0.0, "is 0; the gemma2 graph divides by it"),
+        ("gemma3", "gemma3.final_logit_softcapping", F32, float("nan"), "a soft-cap must be a finite"),
+        ("gemma2", "gemma2.attn_logit_softcapping", F32, float("inf"), "a soft-cap must be a finite"),
+        ("gemma3", "gemma3.rope.freq_base_swa", F32, float("nan"), "must be finite and positive"),
+        ("qwen3", "qwen3.rope.freq_base", F32, 0.0, "must be finite and positive"),
+        ("phi3", "phi3.attention.key_length", U32, 8, "key_length (8) and value_length (16) differ"),
+        ("gemma3", "gemma3.rope.dimension_count_swa", U32, 18, "rope.dimension_count_swa is 18"),
+        ("gemma2", "gemma2.attention.key_length_swa", U32, 8, "uses one head size for every block"),
+    ],
+)
+def test_family_hyperparameters_the_graph_cannot_run_are_refused(
+    family_bases: dict[str, bytes],
+    tmp_path: Path,
+    family: str,
+    key: str,
+    vtype: GGUFValueType,
+    value: object,
+    expected: str,
+) -> None:
+    assert expected in refusal(mutated(tmp_path, set_value(family_bases[family], key, vtype, value)))
+
+
+def test_gemma3_may_turn_soft_capping_off(family_bases: dict[str, bytes], tmp_path: Path) -> None:
+    """Gemma 3 skips the final soft-cap when it is 0 (models/gemma3.cpp); Gemma 2 divides by it."""
+    no_cap = set_value(family_bases["gemma3"], "gemma3.final_logit_softcapping", F32, 0.0)
+    check_gguf(mutated(tmp_path, no_cap))
