@@ -5,6 +5,7 @@ The work lives in clm_local.server; this module maps options to `serve`.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -23,8 +24,22 @@ def serve(
     ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8080,
-    parallel: Annotated[int, typer.Option(help="Requests decoded together in one batch (slots).")] = 4,
-    ctx: Annotated[int, typer.Option("--ctx", help="Context of each request, in tokens.")] = 4096,
+    parallel: Annotated[
+        int, typer.Option(help="Requests decoded together, one forward pass a step (slots).")
+    ] = 4,
+    ctx: Annotated[
+        int, typer.Option("--ctx", help="The most tokens one request may use: prompt + answer.")
+    ] = 4096,
+    kv_size: Annotated[
+        int | None,
+        typer.Option(
+            help="KV-cache positions shared by all slots (default: parallel x ctx). A request reserves "
+            "prompt + max_tokens (at most --ctx) for each of its sequences: two in logits mode at an alpha "
+            "other than 0 and 1, else one. One that does not fit waits for others to finish. "
+            "The cache's memory is this many positions, whatever the requests.",
+            show_default=False,
+        ),
+    ] = None,
     threads: Annotated[
         int | None,
         typer.Option(
@@ -33,22 +48,66 @@ def serve(
     ] = None,
     api_key: Annotated[
         str | None,
-        typer.Option(help="Require `Authorization: Bearer KEY` on the API.", show_default=False),
+        typer.Option(
+            help="Require `Authorization: Bearer KEY` on the API (or set CLM_API_KEY, which `ps` does not "
+            "show).",
+            envvar="CLM_API_KEY",
+            show_default=False,
+            show_envvar=False,
+        ),
     ] = None,
     mode: Annotated[
         str | None,
         typer.Option(help="Default mode, logits or embed (default: the file's).", show_default=False),
     ] = None,
     queue: Annotated[int, typer.Option(help="Requests that may wait for a slot before 503.")] = 16,
+    prefill_chunk: Annotated[
+        int,
+        typer.Option(
+            help="Prompt tokens (times sequences) read per step beside the answers in progress: larger reads "
+            "prompts faster, smaller keeps the other answers flowing.",
+        ),
+    ] = 128,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Also answer requests for this Host name (a proxy, host.docker.internal); repeatable. "
+            "On a loopback address only localhost, 127.0.0.1 and [::1] are answered otherwise.",
+            show_default=False,
+        ),
+    ] = None,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Let web pages of this origin (https://example.org) call the API; repeatable. "
+            "None by default: only the server's own page.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve the model over HTTP: OpenAI's API with an `alpha` field, and a web page at /."""
+    from clm_local.errors import ClmError
     from clm_local.runtime.model import check_mode
 
     if mode is not None:
         check_mode(mode)
+    if api_key is None and os.environ.get("CLM_API_KEY") == "":  # typer reads an empty variable as unset
+        api_key = ""
+    if api_key is not None and not api_key.strip():
+        raise ClmError("--api-key (or CLM_API_KEY) is empty: give a key, or leave both unset for no key")
+    for name, value, low in (
+        ("--parallel", parallel, 1), ("--ctx", ctx, 2), ("--queue", queue, 0),
+        ("--prefill-chunk", prefill_chunk, 1),
+    ):  # fmt: skip
+        if value < low:
+            raise ClmError(f"{name} must be at least {low}, got {value}")
+    if kv_size is not None and kv_size < ctx:
+        raise ClmError(f"--kv-size ({kv_size}) must hold at least one request of --ctx ({ctx}) positions")
     from clm_local.server import serve as run_server
 
     run_server(
-        model, host=host, port=port, parallel=parallel, ctx=ctx, threads=threads, api_key=api_key,
-        mode=mode, max_queue=queue,
+        model, host=host, port=port, parallel=parallel, ctx=ctx, kv_size=kv_size, threads=threads,
+        api_key=api_key, mode=mode, max_queue=queue, prefill_chunk=prefill_chunk,
+        allowed_hosts=allowed_host or (),
+        cors_origins=cors_origin or (),
     )  # fmt: skip

@@ -23,13 +23,14 @@ START_TIMEOUT_S = 180
 class ServerProcess:
     """`clm-local serve --port 0 ARGS`, started and waited for; `stop` ends it with SIGTERM."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.stderr = tempfile.TemporaryFile("w+")  # a file, so a chatty server never blocks on a pipe
         self.process = subprocess.Popen(
             [*CLI, "serve", "--port", "0", "--threads", "1", *args],
             stdout=subprocess.PIPE,
             stderr=self.stderr,
             text=True,
+            env=env,
         )
         self.url = self._wait_for_ready_line()
 

@@ -12,9 +12,12 @@ Needs the `serve` extra: `pip install "clm-local[serve]"`.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import signal
+import socket
+import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
 from clm_local.errors import ClmError
@@ -29,6 +32,7 @@ from clm_local.server.app import build_app
 from clm_local.server.scheduler import Scheduler
 
 GRACE_SECONDS = 5  # on SIGINT/SIGTERM, in-flight requests get this long to finish
+CONNECTIONS_PER_SLOT = 4  # open connections beyond this many per slot and queue place get 503
 
 __all__ = ["create_app", "serve"]
 
@@ -38,17 +42,24 @@ def create_app(
     *,
     parallel: int = 4,
     ctx: int = 4096,
+    kv_size: int | None = None,
     threads: int | None = None,
     api_key: str | None = None,
     mode: str | None = None,
     max_queue: int = 16,
     prefill_chunk: int = 128,
+    allowed_hosts: Collection[str] | None = (),
+    cors_origins: Collection[str] = (),
+    on_death: Callable[[str], None] | None = None,
 ) -> Starlette:
     """The ASGI app serving `model` (default: the embedded default model).
 
-    parallel: requests decoded together (slots); ctx: context of each request, in tokens;
-    mode: the default for requests that do not say (default: the file's); max_queue: requests
-    waiting beyond the slots before 503; prefill_chunk: prompt tokens decoded per step.
+    parallel: requests decoded together (slots); ctx: the most positions one request may use
+    (prompt + answer); kv_size: KV-cache positions shared by all slots (default parallel * ctx;
+    a logits-mode request at an alpha other than 0 and 1 uses two sequences); mode: the default
+    for requests that do not say (default: the file's); max_queue: requests waiting beyond the
+    slots before 503; prefill_chunk: prompt tokens decoded per step; allowed_hosts and
+    cors_origins: see app.build_app; on_death: told why, should the scheduler thread die.
     The model is loaded when the app starts (or call `app.state.scheduler.start()` first).
     """
     if mode is not None:
@@ -61,11 +72,15 @@ def create_app(
         model,
         parallel=parallel,
         n_ctx=ctx,
+        kv_size=kv_size,
         n_threads=threads,
         max_queue=max_queue,
         prefill_chunk=prefill_chunk,
+        on_death=on_death,
     )
-    return build_app(scheduler, api_key=api_key, default_mode=mode)
+    return build_app(
+        scheduler, api_key=api_key, default_mode=mode, allowed_hosts=allowed_hosts, cors_origins=cors_origins
+    )
 
 
 def serve(
@@ -73,43 +88,98 @@ def serve(
     *,
     host: str = "127.0.0.1",
     port: int = 8080,
+    allowed_hosts: Collection[str] = (),
     ready: Callable[[str], None] = lambda url: print(f"clm-local serving on {url}", flush=True),
-    **settings: int | str | None,
+    **settings: object,
 ) -> None:
-    """Load the model (ClmError if it cannot be), then serve until SIGINT or SIGTERM.
+    """Listen, load the model, then serve until SIGINT or SIGTERM (ClmError if any step fails).
 
+    The port is bound before the model loads, so a port in use is said at once. On a loopback
+    address only loopback Host names and `allowed_hosts` are answered; on any other address the
+    user exposed the server on purpose: any Host is answered, and a missing API key is warned of.
     settings are create_app's; port 0 picks a free port. `ready` receives the URL once the
-    server listens.
+    server listens. Should the scheduler thread die, serving stops and ClmError says why.
     """
     import uvicorn
 
-    app = create_app(model, **settings)  # type: ignore[arg-type]
-    app.state.scheduler.start()  # a model that does not load fails here, before listening
+    listener = _listen(host, port)
+    loopback = ipaddress.ip_address(listener.getsockname()[0].split("%")[0]).is_loopback
+    if not loopback and not settings.get("api_key"):
+        print(
+            f"warning: listening on {host}, reachable from other machines, without an API key: "
+            "anyone who reaches it can use it (give --api-key or CLM_API_KEY)",
+            file=sys.stderr,
+            flush=True,
+        )
+    died: list[str] = []
+    server: uvicorn.Server | None = None
+
+    def on_death(reason: str) -> None:
+        died.append(reason)
+        if server is not None:
+            server.should_exit = True
+
+    try:
+        app = create_app(
+            model,
+            allowed_hosts=allowed_hosts if loopback else None,
+            on_death=on_death,
+            **settings,  # type: ignore[arg-type]
+        )
+        app.state.scheduler.start()  # a model that does not load fails here, before serving
+    except BaseException:
+        listener.close()
+        raise
     config = uvicorn.Config(
         app,
-        host=host,
-        port=port,
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=GRACE_SECONDS,
+        limit_concurrency=CONNECTIONS_PER_SLOT
+        * (app.state.scheduler.parallel + app.state.scheduler.max_queue),
     )
 
     class Server(uvicorn.Server):
         async def startup(self, sockets: list | None = None) -> None:
             await super().startup(sockets)
             if self.started:
-                bound = self.servers[0].sockets[0].getsockname()
+                bound = listener.getsockname()
                 name = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
                 ready(f"http://{name}:{bound[1]}/")
 
     server = Server(config)
     try:
         with _stop_signals_end_the_run():
-            server.run()
+            server.run(sockets=[listener])
     finally:
         app.state.scheduler.stop()
+        listener.close()
+    if died:
+        raise ClmError(f"the scheduler stopped ({died[0]}); the server exits so that it can be restarted")
     if not server.started:
-        raise ClmError(f"could not listen on {host}:{port} (see the line above)")
+        raise ClmError(f"could not serve on {host}:{port} (see the line above)")
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port and listening, or ClmError saying why not."""
+    if not 0 <= port <= 65535:
+        raise ClmError(f"--port must be between 0 and 65535, got {port}")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except (OSError, UnicodeError) as error:
+        raise ClmError(f"cannot listen on {host!r}: {error}") from None
+    listener = socket.socket(family, kind, proto)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(2048)
+    except OSError as error:
+        listener.close()
+        raise ClmError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+    listener.set_inheritable(True)
+    return listener
 
 
 @contextlib.contextmanager

@@ -3,6 +3,12 @@
 Handlers never touch the model. They parse the body, hand a Job to the scheduler and relay its
 events: as one JSON answer, or as server-sent events ending in `data: [DONE]`. A client that goes
 away cancels its job, and the scheduler frees the slot at its next step.
+
+Who may ask (`RequestGuard`, before any handler): a server on a loopback address answers only
+requests whose Host is a loopback name or one the user allowed, so a web page cannot reach it by
+DNS rebinding; a POST must say `Content-Type: application/json`, which a page from another origin
+cannot send without a CORS preflight, and preflights are answered only for `cors_origins`. Bodies
+are bounded in size, time and JSON nesting; a 500 names an error id, never the exception.
 """
 
 from __future__ import annotations
@@ -11,17 +17,23 @@ import asyncio
 import contextlib
 import hmac
 import json
-from collections.abc import AsyncIterator
+import sys
+import traceback
+import uuid
+from collections.abc import AsyncIterator, Collection
 from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from clm_local.errors import ClmError
 from clm_local.server.openai_api import (
     ApiError,
     Defaults,
@@ -34,15 +46,31 @@ from clm_local.server.openai_api import (
 from clm_local.server.scheduler import Failed, Finished, Job, Piece, QueueFull, Scheduler
 
 MAX_BODY_BYTES = 1 << 20
+MAX_JSON_DEPTH = 32  # an OpenAI body nests 4 deep (messages[i].content[j].text)
+BODY_SECONDS = 30  # a client that has not sent its whole body by then is answered 408
+SEND_SECONDS = 60  # a streamed answer whose client reads nothing for this long is dropped
 RETRY_AFTER_SECONDS = 2
 DISCONNECT_POLL_SECONDS = 0.5  # how often a waiting non-streaming handler looks for a gone client
 WEB_DIR = Path(__file__).with_name("web")
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
 def build_app(
-    scheduler: Scheduler, *, api_key: str | None = None, default_mode: str | None = None
+    scheduler: Scheduler,
+    *,
+    api_key: str | None = None,
+    default_mode: str | None = None,
+    allowed_hosts: Collection[str] | None = (),
+    cors_origins: Collection[str] = (),
 ) -> Starlette:
-    """The app around a scheduler; its lifespan starts the scheduler (if not yet) and stops it."""
+    """The app around a scheduler; its lifespan starts the scheduler (if not yet) and stops it.
+
+    allowed_hosts: Host names answered besides the loopback ones; None answers any Host (a
+    server the user exposed on purpose). cors_origins: web origins allowed to call the API from
+    their pages (none by default: only the server's own page).
+    """
+    if api_key is not None and not api_key.strip():
+        raise ClmError("the API key is empty: give a non-empty key, or none for no authentication")
     info = scheduler.info
     defaults = Defaults(
         alpha=info.alpha_default,
@@ -92,11 +120,13 @@ def build_app(
     async def health(request: Request) -> Response:
         in_flight, waiting = scheduler.load()
         state = {
-            "status": "ok" if scheduler.running else "stopped",
+            "status": "ok" if scheduler.running else "failed" if scheduler.failure else "stopped",
             "slots": scheduler.parallel,
             "slots_busy": in_flight - waiting,
             "waiting": waiting,
         }
+        if scheduler.failure:
+            state["error"] = scheduler.failure
         return JSONResponse(state, status_code=200 if scheduler.running else 503)
 
     async def metrics(request: Request) -> Response:
@@ -122,6 +152,21 @@ def build_app(
             Route("/v1/completions", completions, methods=["POST"]),
             Mount("/static", StaticFiles(directory=WEB_DIR), name="static"),
         ],
+        middleware=[
+            Middleware(RequestGuard, allowed_hosts=allowed_hosts),
+            *(
+                [
+                    Middleware(
+                        CORSMiddleware,
+                        allow_origins=list(cors_origins),
+                        allow_methods=["GET", "POST"],
+                        allow_headers=["authorization", "content-type"],
+                    )
+                ]
+                if cors_origins
+                else []
+            ),
+        ],  # fmt: skip
         exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _server_error},
         lifespan=lifespan,
     )
@@ -190,8 +235,13 @@ class _JobStream(StreamingResponse):
         self.job = job
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def send_or_give_up(message: Any) -> None:  # a client that never reads holds nothing
+            await asyncio.wait_for(send(message), SEND_SECONDS)
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, send_or_give_up)
+        except TimeoutError:
+            pass  # the connection is dropped; the job is cancelled below
         finally:
             self.job.cancel()
 
@@ -219,22 +269,98 @@ def _sse(payload: dict[str, Any]) -> str:
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
-    """The body as a JSON object, refused above MAX_BODY_BYTES before it is all read."""
+    """The body as a JSON object: refused above MAX_BODY_BYTES before it is all read, when it
+    takes longer than BODY_SECONDS to arrive, or nests deeper than MAX_JSON_DEPTH."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise ApiError(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
-    data = bytearray()
-    async for chunk in request.stream():
-        data += chunk
-        if len(data) > MAX_BODY_BYTES:
-            raise ApiError(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+
+    async def read() -> bytearray:
+        data = bytearray()
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > MAX_BODY_BYTES:
+                raise ApiError(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+        return data
+
     try:
-        body = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ApiError(400, f"the body is not valid JSON: {error}") from None
+        data = await asyncio.wait_for(read(), BODY_SECONDS)
+    except TimeoutError:
+        raise ApiError(408, f"the body did not arrive within {BODY_SECONDS} s") from None
+    try:
+        body = json.loads(data, parse_constant=_no_constant)
+    except RecursionError:
+        raise ApiError(400, f"the body nests JSON deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as error:  # JSONDecodeError, bad UTF-8, NaN, an integer of thousands of digits
+        raise ApiError(400, f"the body is not valid JSON: {_one_line(error)}") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object")
+    if _depth(body) > MAX_JSON_DEPTH:
+        raise ApiError(400, f"the body nests JSON deeper than {MAX_JSON_DEPTH} levels")
     return body
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _depth(value: Any) -> int:
+    """How deeply arrays and objects nest in a parsed JSON value (without recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return deepest
+
+
+def _one_line(error: Exception) -> str:
+    text = " ".join(str(error).split())
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+class RequestGuard:
+    """ASGI middleware that refuses, before any handler runs, a request with a Host that is not
+    allowed (DNS rebinding) and a POST whose body is not declared JSON (a cross-origin page's
+    form or no-cors fetch)."""
+
+    def __init__(self, app: Any, allowed_hosts: Collection[str] | None) -> None:
+        self.app = app
+        self.hosts = None if allowed_hosts is None else {*LOOPBACK_HOSTS, *map(str.lower, allowed_hosts)}
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            refusal = self._refusal(scope)
+            if refusal is not None:
+                await JSONResponse(refusal.body(), status_code=refusal.status)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _refusal(self, scope: Any) -> ApiError | None:
+        headers = {name: value for name, value in scope["headers"]}
+        host = headers.get(b"host")
+        if self.hosts is not None and host is not None:
+            name = _host_name(host.decode("latin-1"))
+            if name not in self.hosts:
+                return ApiError(
+                    403, f"Host {name!r} is not allowed: start the server with --allowed-host {name} "
+                    "if you reach it by that name", kind="permission_error",
+                )  # fmt: skip
+        if scope["method"] == "POST":
+            media_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+            if media_type != b"application/json":
+                return ApiError(415, "a POST body must be sent with Content-Type: application/json")
+        return None
+
+
+def _host_name(host: str) -> str:
+    """The name of a Host header, without its port: `[::1]:8080` -> `::1`, `Localhost.` -> `localhost`."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0].rstrip(".") if host.count(":") == 1 else host.rstrip(".")
 
 
 def _error_kind(status: int) -> str:
@@ -257,8 +383,13 @@ async def _http_error(request: Request, error: Exception) -> Response:
 
 
 async def _server_error(request: Request, error: Exception) -> Response:
-    body = ApiError(500, f"internal error: {error}", kind="server_error").body()
-    return JSONResponse(body, status_code=500)
+    """A bug: the client gets an error id, the log the traceback under it."""
+    error_id = uuid.uuid4().hex[:12]
+    print(f"clm-local: internal error {error_id} in {request.method} {request.url.path}:", file=sys.stderr)
+    traceback.print_exception(error)
+    sys.stderr.flush()
+    message = f"internal error {error_id} (the server's log has the details)"
+    return JSONResponse(ApiError(500, message, kind="server_error").body(), status_code=500)
 
 
 def _prometheus(scheduler: Scheduler) -> str:
@@ -267,6 +398,10 @@ def _prometheus(scheduler: Scheduler) -> str:
     in_flight, waiting = scheduler.load()
     rows = [  # (name, type, help, value)
         ("clm_decode_steps_total", "counter", "llama_decode calls of the scheduler", metrics.decode_steps),
+        ("clm_decode_forward_passes_total", "counter", "forward passes (llama.cpp ubatches) of the steps",
+         metrics.decode_forward_passes),
+        ("clm_decode_max_forward_passes_per_step", "gauge", "most forward passes in one step",
+         metrics.max_forward_passes_per_step),
         ("clm_decode_sequences_total", "counter", "sequences, summed over steps", metrics.decode_sequences),
         ("clm_decode_slots_total", "counter", "requests, summed over steps", metrics.decode_slots),
         ("clm_decode_tokens_total", "counter", "tokens, summed over steps", metrics.decode_tokens),
@@ -284,6 +419,10 @@ def _prometheus(scheduler: Scheduler) -> str:
         ("clm_slots", "gauge", "parallel slots", scheduler.parallel),
         ("clm_slots_busy", "gauge", "slots serving a request", in_flight - waiting),
         ("clm_requests_waiting", "gauge", "requests waiting for a slot", waiting),
+        ("clm_kv_cache_positions", "gauge", "KV-cache positions shared by the slots (--kv-size)",
+         scheduler.kv_size),
+        ("clm_kv_cache_reserved", "gauge", "KV-cache positions reserved by requests in slots",
+         scheduler.kv_reserved),
     ]  # fmt: skip
     lines = []
     for name, kind, help_text, value in rows:

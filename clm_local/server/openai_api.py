@@ -20,6 +20,8 @@ from clm_local.runtime.model import check_alpha, check_mode
 from clm_local.server.scheduler import GenerationRequest
 
 MAX_STOP_STRINGS = 4  # as OpenAI's API
+MAX_STOP_CHARS = 512  # each stop string; matching is linear in the answer whatever the length
+MAX_INT = 2**31 - 1  # llama.cpp's int32 parameters (top_k)
 ROLES = ("system", "developer", "user", "assistant")
 
 
@@ -78,7 +80,7 @@ def parse_completion(body: dict[str, Any], defaults: Defaults) -> tuple[Generati
         raise ApiError(400, "'prompt' is required", param="prompt")
     if not isinstance(prompt, str) or not prompt:
         raise ApiError(400, "'prompt' must be a non-empty string", param="prompt")
-    return _generation(body, defaults, prompt=prompt)
+    return _generation(body, defaults, prompt=_text(prompt, "prompt"))
 
 
 def _generation(body: dict[str, Any], defaults: Defaults, **prompt: Any) -> tuple[GenerationRequest, bool]:
@@ -88,6 +90,8 @@ def _generation(body: dict[str, Any], defaults: Defaults, **prompt: Any) -> tupl
         raise ApiError(400, "'alpha' and its alias 'control' disagree", param="alpha")
     alpha_name = "alpha" if "alpha" in body else "control"
     mode = body.get("mode", defaults.mode)
+    if not isinstance(mode, str):
+        raise ApiError(400, f"'mode' must be a string, got {type(mode).__name__}", param="mode")
     try:
         alpha = check_alpha(_number(body, alpha_name, defaults.alpha))  # also within llama.cpp's float
         check_mode(mode)
@@ -99,7 +103,7 @@ def _generation(body: dict[str, Any], defaults: Defaults, **prompt: Any) -> tupl
         sampling = SamplingParams(
             temp=_number(body, "temperature", SamplingParams.temp, 0.0, 2.0),
             top_p=_number(body, "top_p", SamplingParams.top_p, 0.0, 1.0),
-            top_k=_integer(body, "top_k", SamplingParams.top_k, 0, None),
+            top_k=_integer(body, "top_k", SamplingParams.top_k, 0, MAX_INT),
             min_p=_number(body, "min_p", SamplingParams.min_p, 0.0, 1.0),
             repeat_penalty=_number(body, "repeat_penalty", SamplingParams.repeat_penalty, 0.0, None),
             seed=_integer(body, "seed", RANDOM_SEED, 0, RANDOM_SEED),
@@ -130,12 +134,30 @@ def _message(message: Any, index: int) -> dict[str, str]:
         raise ApiError(400, f"{param}.role must be one of {', '.join(ROLES)}, got {role!r}", param=param)
     content = message.get("content")
     if isinstance(content, list):  # content parts: only text is understood
-        if not all(isinstance(part, dict) and part.get("type") == "text" for part in content):
-            raise ApiError(400, f"{param}.content: only text parts are supported", param=param)
-        content = "".join(str(part.get("text", "")) for part in content)
+        if not all(
+            isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+            for part in content
+        ):
+            raise ApiError(400, f"{param}.content: only text parts (with a string 'text') are supported",
+                           param=param)  # fmt: skip
+        content = "".join(part["text"] for part in content)
     if not isinstance(content, str):
         raise ApiError(400, f"{param}.content must be a string", param=param)
+    content = _text(content, f"{param}.content")
     return {"role": "system" if role == "developer" else role, "content": content}
+
+
+def _text(value: str, param: str) -> str:
+    """The string, refused unless it is Unicode scalar values: JSON's escapes can spell a lone
+    surrogate (\\ud800), which no tokenizer can encode."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ApiError(
+            400, f"'{param}' is not valid Unicode text (a lone surrogate at character {error.start})",
+            param=param,
+        ) from None  # fmt: skip
+    return value
 
 
 def _number(
@@ -171,12 +193,15 @@ def _stop(body: dict[str, Any]) -> tuple[str, ...]:
     if (
         not isinstance(stops, list)
         or len(stops) > MAX_STOP_STRINGS
-        or not all(isinstance(s, str) and s for s in stops)
+        or not all(isinstance(s, str) and 0 < len(s) <= MAX_STOP_CHARS for s in stops)
     ):
         raise ApiError(
-            400, f"'stop' must be a non-empty string or a list of up to {MAX_STOP_STRINGS}", param="stop"
+            400,
+            f"'stop' must be a string or a list of up to {MAX_STOP_STRINGS}, each of 1 to {MAX_STOP_CHARS} "
+            "characters",
+            param="stop",
         )
-    return tuple(stops)
+    return tuple(_text(s, "stop") for s in stops)
 
 
 # -- responses ------------------------------------------------------------------------------------

@@ -4,19 +4,29 @@ llama.cpp objects must not be used from two threads at once, so one scheduler th
 llama.cpp call (loading, tokenizing, decoding, sampling, freeing). HTTP handlers only hand it a
 `Job` through `submit` and read the job's events from an asyncio queue.
 
-Each of the `parallel` slots serves one request. A step of the loop decodes, in ONE `decode` call
-(one llama_decode), the next token of every slot that is answering plus a bounded chunk of the
-prompt of slots that are still reading theirs, so a long prompt never stalls the others for long.
-Slots differ freely in alpha and mode within a batch, because the patched llama.cpp reads the
-pre-layer coefficient per sequence:
+Each of the `parallel` slots serves one request. A step of the loop decodes, in ONE forward pass
+(one llama_decode of one ubatch), the next token of every slot that is answering plus a bounded
+chunk of the prompt of slots that are still reading theirs, so a long prompt never stalls the
+others for long. Slots differ freely in alpha and mode within a step, because the patched
+llama.cpp reads the pre-layer coefficient per sequence:
 - embed mode: the slot's first sequence, at coefficient alpha;
 - logits mode: its aligned (coefficient 1) and reference (coefficient 0) sequences, whose logits
-  are mixed with the slot's alpha after the step; at alpha 0 or 1 the mix is a single path (the
-  base model, or the aligned one), which one sequence at that coefficient computes identically,
-  as in embed mode: a request's alpha never changes, so its slot needs no second sequence;
+  are mixed with the slot's alpha (`request_sequences` in runtime/model.py); at alpha 0 or 1 the
+  mix is a single path, which one sequence computes identically;
 - a plain model: one sequence, alpha has no effect.
-New requests take free slots between steps; a finished or abandoned one leaves and its sequences
-are emptied. Requests beyond the slots wait in a bounded queue; past it `submit` refuses them.
+
+The KV cache is one pool of positions shared by every sequence (llama.cpp's unified cache). Why:
+with a stream per sequence llama.cpp puts only runs of consecutive sequence ids into one ubatch, so
+a step over scattered slots was several forward passes; and a pool costs what the user sizes it
+to, not slots x context. A request reserves, for each sequence it uses, its prompt plus
+max_tokens positions (at most its context: --ctx, or its sequences' share of the pool if less)
+when it takes a slot; one that does not fit the free positions waits at the head of the queue,
+so a started answer never finds the pool full. The patched blend keeps every hidden state finite,
+so no request's alpha can put inf or nan into cells that another's attention reads.
+
+Failures stay with their request: anything raised while admitting, decoding or sampling for one
+request ends that request (400 for what it asked, 500 with an error id otherwise) and the others go
+on. Should the thread itself die, `on_death` hears why (the server then exits non-zero).
 """
 
 from __future__ import annotations
@@ -27,7 +37,9 @@ import collections
 import sys
 import threading
 import traceback
+import uuid
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +48,7 @@ import numpy as np
 from clm_local.chat.sampling import Sampler, SamplingParams
 from clm_local.chat.template import ChatTemplate, Message
 from clm_local.errors import ClmError
-from clm_local.runtime.model import NON_FINITE_CAUSES, ClmModel, ModelInfo, fewest_sequences_mode, read_info
+from clm_local.runtime.model import NON_FINITE_CAUSES, ClmModel, ModelInfo, read_info, request_sequences
 
 # -- what a handler asks for and what it hears back ---------------------------------------------------
 
@@ -121,9 +133,11 @@ class Metrics:
     """What the scheduler did, read by /metrics. Written by the scheduler thread only."""
 
     decode_steps: int = 0
+    decode_forward_passes: int = 0  # summed over steps: llama.cpp ubatches (1 per step when batching works)
     decode_sequences: int = 0  # summed over steps: sequences in each llama_decode
     decode_slots: int = 0  # summed over steps: slots (requests) in each llama_decode
     decode_tokens: int = 0
+    max_forward_passes_per_step: int = 0
     max_sequences_per_step: int = 0
     max_slots_per_step: int = 0
     steps_with_several_slots: int = 0
@@ -134,8 +148,10 @@ class Metrics:
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
-    def record_step(self, n_slots: int, n_sequences: int, n_tokens: int) -> None:
+    def record_step(self, n_slots: int, n_sequences: int, n_tokens: int, n_passes: int) -> None:
         self.decode_steps += 1
+        self.decode_forward_passes += n_passes
+        self.max_forward_passes_per_step = max(self.max_forward_passes_per_step, n_passes)
         self.decode_slots += n_slots
         self.decode_sequences += n_sequences
         self.decode_tokens += n_tokens
@@ -148,7 +164,10 @@ class Metrics:
 
 
 class StopStrings:
-    """Cuts the answer at the first of the request's stop strings, across token boundaries.
+    """Cuts the answer at the first stop string it completes (the longest of those completed by
+    the same character), across token boundaries, in time
+    linear in the text (a Knuth-Morris-Pratt automaton per stop string: one state update per
+    character, whatever the strings' lengths).
 
     Text that could be the start of a stop string is held back until the next piece shows
     whether it is one.
@@ -156,24 +175,48 @@ class StopStrings:
 
     def __init__(self, stops: tuple[str, ...]) -> None:
         self.stops = stops
+        self._fallback = [_fallback_table(stop) for stop in stops]
+        self._matched = [0] * len(stops)  # per stop: how many of its first characters end the text
         self.pending = ""
 
     def feed(self, text: str) -> tuple[str, bool]:
         """The text that is safe to send now, and whether a stop string was reached."""
-        self.pending += text
-        hits = [i for i in (self.pending.find(stop) for stop in self.stops) if i >= 0]
-        if hits:
-            out, self.pending = self.pending[: min(hits)], ""
-            return out, True
-        hold = max((n for stop in self.stops for n in range(1, len(stop)) if self.pending.endswith(stop[:n])),
-                   default=0)  # fmt: skip
-        out = self.pending[: len(self.pending) - hold]
-        self.pending = self.pending[len(out) :]
-        return out, False
+        for end, char in enumerate(text):
+            completed = 0  # the longest stop string ending at this character, if any
+            for i, stop in enumerate(self.stops):
+                matched, fallback = self._matched[i], self._fallback[i]
+                while matched and stop[matched] != char:
+                    matched = fallback[matched - 1]
+                matched += stop[matched] == char
+                if matched == len(stop):
+                    completed = max(completed, matched)
+                    matched = fallback[matched - 1]
+                self._matched[i] = matched
+            if completed:
+                whole = self.pending + text[: end + 1]
+                self.pending, self._matched = "", [0] * len(self.stops)
+                return whole[: len(whole) - completed], True
+        whole = self.pending + text
+        hold = max(self._matched, default=0)
+        self.pending = whole[len(whole) - hold :] if hold else ""
+        return whole[: len(whole) - hold], False
 
     def flush(self) -> str:
-        out, self.pending = self.pending, ""
+        out, self.pending, self._matched = self.pending, "", [0] * len(self.stops)
         return out
+
+
+def _fallback_table(pattern: str) -> list[int]:
+    """KMP's prefix function: for each prefix of `pattern`, the length of its longest proper
+    prefix that is also its suffix."""
+    table = [0] * len(pattern)
+    k = 0
+    for i in range(1, len(pattern)):
+        while k and pattern[i] != pattern[k]:
+            k = table[k - 1]
+        k += pattern[i] == pattern[k]
+        table[i] = k
+    return table
 
 
 @dataclass
@@ -183,6 +226,8 @@ class Slot:
     sequences: tuple[int, ...]  # all the slot may use; `active` says which this request uses
     job: Job | None = None
     active: tuple[int, ...] = ()
+    reserved: int = 0  # KV-cache positions held for this request (all its sequences)
+    context: int = 0  # positions each of its sequences may fill: prompt + answer
     prompt: list[int] = field(default_factory=list)
     prefilled: int = 0  # prompt tokens decoded so far
     produced: int = 0  # answer tokens sent so far
@@ -200,8 +245,22 @@ class Slot:
 # -- the scheduler --------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Admission:
+    """A waiting job, tokenized, with what it needs of the model: held until the pool has room."""
+
+    job: Job
+    prompt: list[int]
+    coefficients: tuple[float, ...]  # pre-layer coefficient of each sequence it uses
+    reserve: int  # KV-cache positions, all its sequences together
+
+
 class Scheduler:
-    """Loads the model in its own thread and serves jobs in `parallel` slots until `stop`."""
+    """Loads the model in its own thread and serves jobs in `parallel` slots until `stop`.
+
+    n_ctx bounds one request (prompt + answer, per sequence); kv_size is the pool of KV-cache
+    positions all requests share (default: parallel * n_ctx).
+    """
 
     def __init__(
         self,
@@ -209,30 +268,47 @@ class Scheduler:
         *,
         parallel: int = 4,
         n_ctx: int = 4096,
+        kv_size: int | None = None,
         n_threads: int | None = None,
         max_queue: int = 16,
         prefill_chunk: int = 128,
+        on_death: Callable[[str], None] | None = None,
     ) -> None:
-        if parallel < 1 or max_queue < 0 or prefill_chunk < 1 or n_ctx < 2:
-            raise ClmError("parallel and prefill_chunk must be positive, max_queue not negative, n_ctx > 1")
+        kv_size = parallel * n_ctx if kv_size is None else kv_size
+        for name, value, low in (
+            ("parallel", parallel, 1), ("ctx", n_ctx, 2), ("kv_size", kv_size, 2),
+            ("queue", max_queue, 0), ("prefill_chunk", prefill_chunk, 1),
+        ):  # fmt: skip
+            if value < low:
+                raise ClmError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
             raise ClmError(f"{model_path}: no such file")
         self.info: ModelInfo = read_info(self.model_path)  # metadata only: no llama.cpp call
         self.parallel = parallel
         self.n_ctx = n_ctx
+        self.kv_size = kv_size
         self.n_threads = n_threads
         self.max_queue = max_queue
-        self.prefill_chunk = prefill_chunk
+        per_slot = 2 if self.info.is_clm else 1  # sequences a request may use
+        # prompt tokens x sequences in one step (at least one token of one request)
+        self.prefill_budget = max(prefill_chunk, per_slot)
+        # the most tokens one step holds: a prefill budget and the next token of every sequence
+        self.step_tokens = self.prefill_budget + parallel * per_slot
+        self._per_slot = per_slot
+        self._on_death = on_death
         self.metrics = Metrics()
         self._lock = threading.Condition()
         self._waiting: collections.deque[Job] = collections.deque()
+        self._held: Admission | None = None  # tokenized, waiting for KV-cache room
         self._in_flight = 0  # jobs submitted and not yet answered to the end
         self._stopping = False
+        self.failure: str | None = None  # why the thread died, if it did
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
         self._thread: threading.Thread | None = None
         self._slots: list[Slot] = []
+        self._next_prefill = 0  # the slot whose prompt goes first in the next step (round robin)
 
     # -- used from other threads ------------------------------------------------------------------
 
@@ -273,7 +349,13 @@ class Scheduler:
     def load(self) -> tuple[int, int]:
         """(requests in slots or waiting, requests waiting), for /health and /metrics."""
         with self._lock:
-            return self._in_flight, len(self._waiting)
+            waiting = len(self._waiting) + (self._held is not None)
+            return self._in_flight, waiting
+
+    @property
+    def kv_reserved(self) -> int:
+        """KV-cache positions reserved by the requests in slots (read without the lock: a gauge)."""
+        return sum(slot.reserved for slot in self._slots)
 
     # -- the scheduler thread ---------------------------------------------------------------------
 
@@ -283,7 +365,9 @@ class Scheduler:
                 self.model_path,
                 n_ctx=self.n_ctx,
                 n_threads=self.n_threads,
-                n_sequences=self.parallel * (2 if self.info.is_clm else 1),
+                n_sequences=self.parallel * self._per_slot,
+                kv_pool=self.kv_size,
+                n_batch=self.step_tokens,
             )
             with warnings.catch_warnings(record=True) as said:  # "no chat template": say it once, here
                 warnings.simplefilter("always")
@@ -297,17 +381,19 @@ class Scheduler:
             self._ready.set()
             return
         self.model, self.template = model, template
-        per_slot = 2 if self.info.is_clm else 1
+        per_slot = self._per_slot
         self._slots = [Slot(tuple(range(i * per_slot, (i + 1) * per_slot))) for i in range(self.parallel)]
-        # One step must stay one llama_decode: ClmModel.decode splits a sequence's tokens into
-        # pieces of n_batch / (sequences in the call), at least this many.
-        self._max_piece = max(1, model.n_batch // model.n_sequences)
         self._ready.set()
         try:
             while self._next_jobs():
                 self._drop_abandoned()
                 if any(slot.job for slot in self._slots):
-                    self._step_or_fail()
+                    self._step()
+        except BaseException as error:  # noqa: BLE001 - a bug: say why, and let the process end
+            self.failure = f"{type(error).__name__}: {error}"
+            print("clm-local: the scheduler thread stopped:", file=sys.stderr)
+            traceback.print_exc()
+            sys.stderr.flush()
         finally:
             with self._lock:
                 self._stopping = True  # also when the loop died of a bug: refuse new jobs
@@ -315,121 +401,185 @@ class Scheduler:
                 if slot.job is not None:
                     self._end(slot, Failed(503, "the server is shutting down"))
             with self._lock:
-                for job in self._waiting:
+                held = [self._held.job] if self._held is not None else []
+                for job in held + list(self._waiting):
                     job.emit(Failed(503, "the server is shutting down"))
                 self._waiting.clear()
+                self._held = None
             model.close()
+            if self.failure is not None and self._on_death is not None:
+                self._on_death(self.failure)
 
     def _next_jobs(self) -> bool:
-        """Move waiting jobs into free slots (waiting while there is nothing to do); False: stop."""
+        """Move waiting jobs into free slots while the pool has room (waiting while there is
+        nothing to do); False: stop."""
         while True:
             with self._lock:
                 if self._stopping:
                     return False
-                free = [slot for slot in self._slots if slot.job is None]
-                busy = len(free) < len(self._slots)
-                if not busy and not self._waiting:
+                busy = any(slot.job is not None for slot in self._slots)
+                if not busy and not self._waiting and self._held is None:
                     self._lock.wait()
                     continue
-                taken = [self._waiting.popleft() for _ in range(min(len(free), len(self._waiting)))]
-            for slot, job in zip(free, taken, strict=False):
-                self._admit(slot, job)
+            while (slot := next((s for s in self._slots if s.job is None), None)) is not None:
+                admission = self._held or self._prepare_next()
+                if admission is None:
+                    break
+                if admission.reserve > self.kv_size - self.kv_reserved:
+                    self._held = admission  # first in, first served: the others wait behind it
+                    break
+                self._held = None
+                self._admit(slot, admission)
             return True
 
-    def _admit(self, slot: Slot, job: Job) -> None:
-        """Tokenize the job's prompt into the slot, or answer why it cannot be served."""
+    def _prepare_next(self) -> Admission | None:
+        """The next waiting job that can be served, tokenized; refused ones are answered here."""
+        while True:
+            with self._lock:
+                if not self._waiting:
+                    return None
+                job = self._waiting.popleft()
+            if job.cancelled:
+                self.metrics.requests_cancelled += 1
+                self._release(job)
+                continue
+            try:
+                return self._prepare(job)
+            except ClmError as error:
+                self._reject(job, Failed(400, str(error)))
+            except Exception:  # noqa: BLE001 - one request's bug must not stop the server
+                self._reject(job, internal_error("admitting a request"))
+
+    def _prepare(self, job: Job) -> Admission:
+        """Tokenize the job's prompt and size what it needs, or raise ClmError saying why not."""
         request = job.request
-        if job.cancelled:
-            self._release(job)
-            self.metrics.requests_cancelled += 1
-            return
+        if request.messages is not None:
+            prompt = self.template.tokens(request.messages)
+        else:
+            prompt = self.model.tokenize(request.prompt or "", add_special=True, parse_special=True)
+        if not prompt:
+            raise ClmError("the prompt is empty")
+        coefficients = request_sequences(self.info, request.alpha, request.mode)
+        context = self.request_context(len(coefficients))
+        if len(prompt) >= context:
+            raise ClmError(
+                f"the prompt has {len(prompt)} tokens, a request with {len(coefficients)} sequence(s) "
+                "may use "
+                f"{context} (--ctx, --kv-size)"
+            )
+        positions = min(context, len(prompt) + (request.max_tokens or context))
+        return Admission(job, prompt, coefficients, positions * len(coefficients))
+
+    def request_context(self, n_sequences: int) -> int:
+        """The most positions a request may use (prompt + answer): --ctx, or its sequences' share of
+        the whole pool if that is less."""
+        return min(self.n_ctx, self.kv_size // n_sequences)
+
+    def _admit(self, slot: Slot, admission: Admission) -> None:
+        """Start the admitted job in the slot."""
+        job, request = admission.job, admission.job.request
+        active = slot.sequences[: len(admission.coefficients)]
         try:
-            if request.messages is not None:
-                prompt = self.template.tokens(request.messages)
-            else:
-                prompt = self.model.tokenize(request.prompt or "", add_special=True, parse_special=True)
-            if not prompt:
-                raise ClmError("the prompt is empty")
-            if len(prompt) >= self.n_ctx:
-                raise ClmError(f"the prompt has {len(prompt)} tokens, the context holds {self.n_ctx} (--ctx)")
-            if not self.info.is_clm:
-                coefficients: tuple[float, ...] = (1.0,)
-            elif fewest_sequences_mode(request.alpha, request.mode) == "embed":  # see above
-                coefficients = (request.alpha,)
-            else:
-                coefficients = (1.0, 0.0)  # aligned, reference: mixed by alpha after each step
-            active = slot.sequences[: len(coefficients)]
             if self.info.is_clm:
-                for seq, coefficient in zip(active, coefficients, strict=True):
+                for seq, coefficient in zip(active, admission.coefficients, strict=True):
                     self.model.set_alpha(seq, coefficient)
+            sampler = Sampler(self.model.n_vocab, request.sampling)
         except ClmError as error:
-            self._reject(job, 400, str(error))
+            self._reject(job, Failed(400, str(error)))
             return
-        slot.job, slot.active = job, active
-        slot.prompt, slot.prefilled, slot.produced = prompt, 0, 0
-        slot.max_tokens = request.max_tokens or self.n_ctx
-        slot.sampler = Sampler(self.model.n_vocab, request.sampling)
+        except Exception:  # noqa: BLE001 - as in _prepare_next
+            self._reject(job, internal_error("admitting a request"))
+            return
+        slot.job, slot.active, slot.reserved = job, active, admission.reserve
+        slot.prompt, slot.prefilled, slot.produced = admission.prompt, 0, 0
+        slot.context = admission.reserve // len(active)
+        slot.max_tokens = request.max_tokens or slot.context
+        slot.sampler = sampler
         slot.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         slot.stops = StopStrings(request.stop)
         self.metrics.requests_started += 1
-        self.metrics.prompt_tokens += len(prompt)
-        job.emit(Started(len(prompt)))
+        self.metrics.prompt_tokens += len(admission.prompt)
+        job.emit(Started(len(admission.prompt)))
 
     def _drop_abandoned(self) -> None:
         for slot in self._slots:
             if slot.job is not None and slot.job.cancelled:
                 self.metrics.requests_cancelled += 1
                 self._end(slot, None)
+        with self._lock:
+            held = self._held
+            if held is not None and held.job.cancelled:
+                self._held = None
+        if held is not None and held.job.cancelled:
+            self.metrics.requests_cancelled += 1
+            self._release(held.job)
 
-    def _step_or_fail(self) -> None:
-        try:
-            self._step()
-        except Exception as error:  # noqa: BLE001 - a failed step must not take the server down
-            if not isinstance(error, ClmError):
-                traceback.print_exc()
-            for slot in self._slots:
-                if slot.job is not None:
-                    self.metrics.requests_failed += 1
-                    self._end(slot, Failed(500, f"generation failed: {error}"))
-
-    def _step(self) -> None:
-        """One llama_decode: the next token of answering slots and prompt chunks of the others."""
-        batch: dict[int, list[int]] = {}
-        mix: dict[int, tuple[int, float]] = {}  # logits mode: aligned sequence -> (reference, alpha)
-        sampling: list[Slot] = []
-        n_slots = 0
-        budget = self.prefill_chunk
-        for slot in self._slots:
+    def _plan(self) -> list[tuple[Slot, list[int]]]:
+        """What one step decodes: each answering slot's last token, and prompt chunks of the slots
+        still reading theirs (at most the prefill budget of tokens x sequences, round robin)."""
+        plan: list[tuple[Slot, list[int]]] = []
+        budget = self.prefill_budget
+        order = self._slots[self._next_prefill :] + self._slots[: self._next_prefill]
+        self._next_prefill = (self._next_prefill + 1) % len(self._slots)
+        for slot in order:
             if slot.job is None:
                 continue
             if slot.reading_prompt:
-                if budget <= 0:
+                count = min(len(slot.prompt) - slot.prefilled, budget // len(slot.active))
+                if count <= 0:
                     continue
-                count = min(len(slot.prompt) - slot.prefilled, budget, self._max_piece)
-                tokens = slot.prompt[slot.prefilled : slot.prefilled + count]
+                plan.append((slot, slot.prompt[slot.prefilled : slot.prefilled + count]))
                 slot.prefilled += count
-                budget -= count
+                budget -= count * len(slot.active)
             else:
-                tokens = [slot.last_token]
-            n_slots += 1
+                plan.append((slot, [slot.last_token]))
+        return plan
+
+    def _step(self) -> None:
+        """One forward pass: the planned tokens of every slot in one llama_decode, then a token
+        sampled for each slot that has read its prompt. Should the pass fail, each slot is decoded
+        alone, so that only the one that cannot be decoded fails."""
+        plan = self._plan()
+        if not plan:
+            return
+        try:
+            rows = self._decode(plan)
+        except Exception:  # noqa: BLE001 - find the slot it belongs to
+            rows = {}
+            for slot, tokens in plan:
+                try:
+                    rows |= self._decode([(slot, tokens)])
+                except ClmError as error:
+                    self._fail(slot, Failed(500, f"generation failed: {error}"))
+                except Exception:  # noqa: BLE001
+                    self._fail(slot, internal_error("decoding"))
+        for slot, _ in plan:
+            if slot.job is None or slot.reading_prompt:
+                continue
+            logits = rows[slot.active[0]][-1]
+            if not np.isfinite(logits).all():
+                message = f"alpha {slot.job.request.alpha:g} gives non-finite logits: {NON_FINITE_CAUSES}"
+                self._fail(slot, Failed(400, message))
+                continue
+            try:
+                self._answer(slot, logits)
+            except Exception:  # noqa: BLE001 - this request's answer only
+                self._fail(slot, internal_error("sampling"))
+
+    def _decode(self, plan: list[tuple[Slot, list[int]]]) -> dict[int, np.ndarray]:
+        """One llama_decode of the plan's tokens (unchecked: one alpha fails one slot, in _step)."""
+        batch: dict[int, list[int]] = {}
+        mix: dict[int, tuple[int, float]] = {}  # logits mode: aligned sequence -> (reference, alpha)
+        for slot, tokens in plan:
             for seq in slot.active:
                 batch[seq] = tokens
             if len(slot.active) == 2:
                 mix[slot.active[0]] = (slot.active[1], slot.job.request.alpha)
-            if not slot.reading_prompt:
-                sampling.append(slot)
-        if not batch:
-            return
-        rows = self.model.decode(batch, check=False, mix=mix)  # checked per slot: one alpha fails one slot
-        self.metrics.record_step(n_slots, len(batch), sum(len(tokens) for tokens in batch.values()))
-        for slot in sampling:
-            logits = rows[slot.active[0]][-1]
-            if not np.isfinite(logits).all():
-                self.metrics.requests_failed += 1
-                message = f"alpha {slot.job.request.alpha:g} gives non-finite logits: {NON_FINITE_CAUSES}"
-                self._end(slot, Failed(400, message))
-                continue
-            self._answer(slot, logits)
+        before = self.model.forward_passes
+        rows = self.model.decode(batch, check=False, mix=mix)
+        passes = self.model.forward_passes - before
+        self.metrics.record_step(len(plan), len(batch), sum(len(t) for t in batch.values()), passes)
+        return rows
 
     def _answer(self, slot: Slot, logits: np.ndarray) -> None:
         """Sample the slot's next token and send its text; end the answer where it ends.
@@ -448,7 +598,7 @@ class Scheduler:
             slot.job.emit(Piece(text))
         if stopped:
             self._finish(slot, "stop", flush=False)
-        elif slot.produced >= slot.max_tokens or len(slot.prompt) + slot.produced - 1 >= self.n_ctx:
+        elif slot.produced >= slot.max_tokens or len(slot.prompt) + slot.produced - 1 >= slot.context:
             self._finish(slot, "length")
 
     def _finish(self, slot: Slot, reason: str, *, flush: bool = True) -> None:
@@ -460,25 +610,40 @@ class Scheduler:
         self.metrics.completion_tokens += slot.produced
         self._end(slot, Finished(reason, len(slot.prompt), slot.produced))
 
+    def _fail(self, slot: Slot, failure: Failed) -> None:
+        self.metrics.requests_failed += 1
+        self._end(slot, failure)
+
     def _end(self, slot: Slot, event: Event | None) -> None:
         """Free the slot: empty its sequences, close its sampler, tell the job (if it listens)."""
         job = slot.job
         slot.job = None
-        for seq in slot.active:
-            self.model.forget_after(seq, 0)
-        if slot.sampler is not None:
-            slot.sampler.close()
-            slot.sampler = None
-        slot.prompt, slot.active = [], ()
+        active, slot.active, slot.prompt, slot.reserved = slot.active, (), [], 0
+        sampler, slot.sampler = slot.sampler, None
         if event is not None:
             job.emit(event)
         self._release(job)
+        if sampler is not None:
+            sampler.close()
+        for seq in active:
+            self.model.forget_after(seq, 0)
 
-    def _reject(self, job: Job, status: int, message: str) -> None:
+    def _reject(self, job: Job, failure: Failed) -> None:
         self.metrics.requests_failed += 1
-        job.emit(Failed(status, message))
+        job.emit(failure)
         self._release(job)
 
     def _release(self, job: Job) -> None:
         with self._lock:
             self._in_flight -= 1
+
+
+def internal_error(doing: str) -> Failed:
+    """A 500 for a bug met while `doing` something for one request: the client gets an error id,
+    the log gets the traceback under the same id (an exception's text may hold what a client
+    should not see)."""
+    error_id = uuid.uuid4().hex[:12]
+    print(f"clm-local: internal error {error_id} while {doing}:", file=sys.stderr)
+    traceback.print_exc()
+    sys.stderr.flush()
+    return Failed(500, f"internal error {error_id} while {doing} (the server's log has the details)")
