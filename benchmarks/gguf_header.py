@@ -1,4 +1,4 @@
-"""What validating a GGUF costs: clm_local.gguf_check (header reader) against gguf-py's GGUFReader.
+"""What validating a GGUF costs: clm_local.gguf.check (header reader) against gguf-py's GGUFReader.
 
 `clm_local.load` and `clm-local info` read every file's header before llama.cpp sees it. This
 prints, for one file (default: the embedded default model), the time and the peak memory of each
@@ -16,7 +16,7 @@ import subprocess
 import sys
 
 READERS = {
-    "gguf_check": "from clm_local.gguf_check import check_gguf as read",
+    "gguf_check": "from clm_local.gguf.check import check_gguf as read",
     "GGUFReader": "from gguf import GGUFReader as read",
 }
 CHILD = """

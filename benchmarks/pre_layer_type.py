@@ -18,7 +18,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -47,17 +46,14 @@ def kl(reference: np.ndarray, other: np.ndarray) -> np.ndarray:
 
 
 def decode_speed(path: Path, tokens: int, alpha: float | None) -> float:
+    from clm_local.benchmarks.greedy import greedy_decode_speed
+
     import clm_local
 
     with clm_local.load(path, n_ctx=512, n_sequences=1) as model:
-        context = model.tokenize(PROMPTS[0])
-        if alpha is not None:
-            model.set_alpha(0, alpha)
-        out = model.decode({0: context})[0]
-        started = time.perf_counter()
-        for _ in range(tokens):
-            out = model.decode({0: [int(np.argmax(out[-1]))]})[0]
-        return tokens / (time.perf_counter() - started)
+        return greedy_decode_speed(
+            model, model.tokenize(PROMPTS[0]), tokens, 1.0 if alpha is None else alpha, "embed"
+        )
 
 
 def evaluate_types(files: dict[str, Path], *, slots: int = 8, max_tokens: int = 128) -> list:

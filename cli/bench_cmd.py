@@ -1,6 +1,6 @@
 """`clm-local bench`: time the base model, both CLM modes and the two-model alternative.
 
-The work lives in clm_local.benchmark; this module maps options to its settings and prints the
+The work lives in clm_local.benchmarks; this module maps options to its settings and prints the
 Markdown tables, or with --json only the JSON object on stdout (progress always goes to stderr).
 `--busy` and `--first-token` add the busy-machine and cold-start comparisons (busy.py,
 first_token.py), each measured side by side in the same run.
@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
-from clm_local.benchmark.settings import BenchSettings
+from clm_local.benchmarks.settings import BenchSettings
+from clm_local.cli.options import Threads
 
 DEFAULTS = BenchSettings()
 
@@ -36,9 +36,7 @@ def bench(
     gen_tokens: Annotated[
         int, typer.Option(help="Tokens generated greedily (end-of-generation does not stop it).")
     ] = DEFAULTS.gen_tokens,
-    threads: Annotated[
-        int | None, typer.Option(help="CPU threads (default: all cores).", show_default=False)
-    ] = DEFAULTS.threads,
+    threads: Threads = DEFAULTS.threads,
     repeat: Annotated[int, typer.Option(help="Runs of every configuration, interleaved.")] = DEFAULTS.repeat,
     ctx: Annotated[
         int, typer.Option(help="Context per sequence (chat's default): sets the KV cache size.")
@@ -55,11 +53,12 @@ def bench(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
 ) -> None:
     """Prefill and decode speed and peak memory: base, embed, logits and two_model."""
+    from clm_local.benchmarks.busy import format_busy, run_busy
+    from clm_local.benchmarks.first_token import format_first_token, run_first_token
+    from clm_local.benchmarks.report import format_markdown
+    from clm_local.benchmarks.suite import run_benchmark
+
     from clm_local import default_model
-    from clm_local.benchmark.busy import format_busy, run_busy
-    from clm_local.benchmark.first_token import format_first_token, run_first_token
-    from clm_local.benchmark.report import format_markdown
-    from clm_local.benchmark.suite import run_benchmark
 
     settings = BenchSettings(
         prompt_tokens=prompt_tokens,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from clm_local.cli.options import Mode, Threads
 from clm_local.cli.pipes import reader_may_leave
 
 if TYPE_CHECKING:
@@ -27,14 +28,6 @@ ModelOption = Annotated[
         "--model",
         "-m",
         help="A CLM (or plain) GGUF; default: the embedded default model.",
-        show_default=False,
-    ),
-]
-ThreadsOption = Annotated[
-    int | None,
-    typer.Option(
-        "--threads",
-        help="CPU threads (default: all cores, fewer while other programs take some).",
         show_default=False,
     ),
 ]
@@ -61,12 +54,7 @@ def chat(
             help="0: base model, 1: aligned, >1: stronger (default: the file's).", show_default=False
         ),
     ] = None,
-    mode: Annotated[
-        str | None,
-        typer.Option(
-            help="logits (the paper's mix) or embed (one pass) (default: the file's).", show_default=False
-        ),
-    ] = None,
+    mode: Mode = None,
     system: Annotated[str | None, typer.Option(help="System message.", show_default=False)] = None,
     prompt: Annotated[
         str | None,
@@ -86,7 +74,7 @@ def chat(
         int | None, typer.Option(help="Random seed (default: random).", show_default=False)
     ] = None,
     ctx: CtxOption = 4096,
-    threads: ThreadsOption = None,
+    threads: Threads = None,
     n_gpu_layers: GpuLayersOption = 0,
 ) -> None:
     """Chat with a CLM model; change alpha and mode as you go (/help inside the chat)."""
@@ -149,7 +137,7 @@ def demo(
     model: ModelOption = None,
     prompt: Annotated[str, typer.Option(help="The question asked at every alpha.")] = DEMO_PROMPT,
     max_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 60,
-    threads: ThreadsOption = None,
+    threads: Threads = None,
 ) -> None:
     """The alpha dial in one minute: one question, greedy answers at three alphas."""
     from clm_local.chat import ChatSession, SamplingParams

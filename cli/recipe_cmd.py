@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from clm_local.cli.options import Threads
 
 from clm_local.errors import ClmError
 from clm_local.recipe.recipe import RecipeSettings
@@ -44,10 +45,6 @@ def default(
 
 EVAL_SLOTS = 8  # answers decoded side by side (two sequences each in logits mode)
 WorkFolder = Annotated[Path, typer.Argument(help="A finished `recipe default` folder (--work).")]
-Threads = Annotated[
-    int | None,
-    typer.Option(help="llama.cpp threads (default: all cores, fewer while other programs take some)."),
-]
 
 
 @recipe_app.command("tune")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from clm_local.cli.options import Threads
 
 
 def register(app: typer.Typer) -> None:
@@ -40,12 +41,7 @@ def serve(
             show_default=False,
         ),
     ] = None,
-    threads: Annotated[
-        int | None,
-        typer.Option(
-            help="CPU threads (default: all cores, fewer while other programs take some).", show_default=False
-        ),
-    ] = None,
+    threads: Threads = None,
     api_key: Annotated[
         str | None,
         typer.Option(

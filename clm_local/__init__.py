@@ -2,7 +2,8 @@
 
 `clm_local.load(path)` gives a ClmModel; `model.logits(token_ids, alpha=0.8, mode="logits")`
 returns the blended logits `[len(token_ids), n_vocab]`; `model.info` describes the file;
-`model.chat(messages, alpha=0.8)` streams an answer (clm_local.chat has the multi-turn session);
+`clm_local.chat.chat(model, messages, alpha=0.8)` streams an answer (and clm_local.chat has the
+multi-turn session);
 `clm_local.serve(path)` serves it over HTTP with OpenAI's API (clm_local.server, extra `serve`).
 """
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import gguf
 
 from clm_local.errors import ClmError
-from clm_local.gguf_file import open_gguf
+from clm_local.gguf.file import open_gguf
 
 from .clm_metadata import check_gguf_source, clm_entries
 from .gguf_io import copy_metadata, copy_tensor, require_value, write_gguf

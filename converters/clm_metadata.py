@@ -1,6 +1,6 @@
 """The clm.* keys every converted file gets, and the checks every source must pass first.
 
-The key names live in clm_local.gguf_keys (the contract with the runtime); this module decides
+The key names live in clm_local.gguf.keys (the contract with the runtime); this module decides
 their GGUF types and refuses sources that cannot become a CLM file.
 """
 
@@ -15,8 +15,8 @@ import gguf
 from gguf import GGUFValueType
 
 from clm_local.errors import ClmError
-from clm_local.gguf_file import field_value
-from clm_local.gguf_keys import (
+from clm_local.gguf.file import field_value
+from clm_local.gguf.keys import (
     CLM_VERSION,
     KEY_ALPHA_DEFAULT,
     KEY_MIX_DEFAULT,

@@ -13,7 +13,7 @@ from enum import Enum
 from pathlib import Path
 
 from clm_local.errors import ClmError
-from clm_local.gguf_check import check_gguf
+from clm_local.gguf.check import check_gguf
 
 from . import checkpoint_manifest
 from .add_keys import add_clm_keys

@@ -1,6 +1,6 @@
 """GGUF in and out for the converters: validated reading, byte-exact copying, atomic writing.
 
-Files are opened with clm_local.gguf_file.open_gguf (shared with the runtime), which turns a
+Files are opened with clm_local.gguf.file.open_gguf (shared with the runtime), which turns a
 missing, truncated or corrupt file into one ClmError line.
 
 Every converter builds the same two lists and hands them to `write_gguf`:
@@ -35,7 +35,7 @@ from gguf import GGMLQuantizationType, GGUFValueType
 
 from clm_local.errors import ClmError
 from clm_local.files import progress_bar
-from clm_local.gguf_file import field_value
+from clm_local.gguf.file import field_value
 
 # Below this many bytes a progress bar would only flicker.
 

@@ -19,7 +19,7 @@ import gguf
 
 from clm_local.errors import ClmError
 from clm_local.files import sha256_file
-from clm_local.gguf_file import field_value, open_gguf
+from clm_local.gguf.file import field_value, open_gguf
 
 from . import checkpoint_manifest
 from .checkpoint_manifest import MANIFEST_FILE, PRE_LAYER_FILE

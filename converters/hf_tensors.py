@@ -21,7 +21,7 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from clm_local.errors import ClmError
-from clm_local.gguf_keys import GEMMA_NORM_ARCHITECTURES
+from clm_local.gguf.keys import GEMMA_NORM_ARCHITECTURES
 
 from .gguf_io import OutputTensor
 from .safetensors_io import SafeTensor

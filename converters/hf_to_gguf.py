@@ -23,7 +23,7 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from clm_local.errors import ClmError
-from clm_local.gguf_keys import HF_MODEL_TYPES, SLIDING_WINDOW_PERIODS
+from clm_local.gguf.keys import HF_MODEL_TYPES, SLIDING_WINDOW_PERIODS
 
 from .clm_metadata import check_architecture, clm_entries
 from .gguf_io import OutputTensor, entries_from_writer, write_gguf

@@ -16,9 +16,9 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from clm_local.gguf_check import check_gguf, tensors_with_non_finite_values
-from clm_local.gguf_header import GgufHeader, StringArray, TensorInfo, Value
-from clm_local.gguf_keys import (
+from clm_local.gguf.check import check_gguf, tensors_with_non_finite_values
+from clm_local.gguf.header import GgufHeader, StringArray, TensorInfo, Value
+from clm_local.gguf.keys import (
     KEY_ALPHA_DEFAULT,
     KEY_MIX_DEFAULT,
     KEY_PRE_LAYER_COUNT,
@@ -55,7 +55,7 @@ class GgufInfo:
 
 
 def read_info(path: Path, *, check_values: bool = False) -> GgufInfo:
-    """What the header of `path` says, after clm_local.gguf_check validated it; with check_values,
+    """What the header of `path` says, after clm_local.gguf.check validated it; with check_values,
     also decode every tensor and list those holding NaN or Inf."""
     header = check_gguf(path)
     values = header.values

@@ -19,8 +19,8 @@ import gguf
 from gguf import GGUFValueType
 
 from clm_local.errors import ClmError
-from clm_local.gguf_file import field_value
-from clm_local.gguf_keys import SLIDING_WINDOW_PERIODS
+from clm_local.gguf.file import field_value
+from clm_local.gguf.keys import SLIDING_WINDOW_PERIODS
 
 from .gguf_io import MetadataEntry
 

@@ -10,7 +10,7 @@ strings), then random truncations, byte flips and value edits. A tensor is named
 or (in a recipe written by hand) its name.
 
 The file layout is walked here with a few lines of struct code, independently of the checker
-under test (clm_local.gguf_header), and only ever on the valid base files.
+under test (clm_local.gguf.header), and only ever on the valid base files.
 """
 
 from __future__ import annotations

@@ -12,8 +12,9 @@ import subprocess
 import sys
 import warnings
 
+from clm_local.benchmarks.worker import CONFIGS
+
 import clm_local
-from clm_local.benchmark.worker import CONFIGS
 from clm_local.chat import Decoder, SamplingParams
 from clm_local.default_model import base_model_path
 

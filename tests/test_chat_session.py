@@ -17,9 +17,10 @@ from gguf import GGUFValueType
 from tiny_gguf import make_tiny_model
 
 import clm_local
-from clm_local import ClmError, default_model, gguf_keys
-from clm_local.chat import ChatSession, SamplingParams
+from clm_local import ClmError, default_model
+from clm_local.chat import ChatSession, SamplingParams, chat
 from clm_local.chat.template import ChatTemplate
+from clm_local.gguf import keys as gguf_keys
 from clm_local.runtime.model import ALIGNED_SEQ, REFERENCE_SEQ
 
 # Until a trained pre-layer ships, the default model is the plain base model, which says so.
@@ -84,17 +85,17 @@ def answer(session: ChatSession, text: str) -> str:
 
 
 def test_the_python_api_answers_in_text(model) -> None:
-    text = model.chat(QUESTION, stream=False, temp=0.0, max_tokens=12)
+    text = chat(model, QUESTION, stream=False, temp=0.0, max_tokens=12)
     assert isinstance(text, str) and text.strip()
-    pieces = list(model.chat(QUESTION, temp=0.0, max_tokens=12))
+    pieces = list(chat(model, QUESTION, temp=0.0, max_tokens=12))
     assert "".join(pieces) == text
 
 
 def test_the_python_api_refuses_a_conversation_not_ending_with_the_user(model) -> None:
     with pytest.raises(ClmError, match="last message"):
-        model.chat([{"role": "assistant", "content": "hi"}])
+        chat(model, [{"role": "assistant", "content": "hi"}])
     with pytest.raises(ClmError, match="role"):
-        model.chat([{"role": "user"}, {"role": "user", "content": "hi"}])
+        chat(model, [{"role": "user"}, {"role": "user", "content": "hi"}])
 
 
 @pytest.mark.parametrize("mode", ["logits", "embed"])
@@ -102,15 +103,15 @@ def test_alpha_zero_answers_like_the_base_model(clm, mode: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the base file is a plain model: alpha has no effect
         with clm_local.load(default_model.base_model_path(), n_ctx=512, n_threads=1) as base:
-            expected = base.chat(QUESTION, stream=False, temp=0.0, max_tokens=16)
-    assert clm.chat(QUESTION, alpha=0.0, mode=mode, stream=False, temp=0.0, max_tokens=16) == expected
+            expected = chat(base, QUESTION, stream=False, temp=0.0, max_tokens=16)
+    assert chat(clm, QUESTION, alpha=0.0, mode=mode, stream=False, temp=0.0, max_tokens=16) == expected
     # and the pre-layer does change the answer, or the comparison above would prove nothing
-    assert clm.chat(QUESTION, alpha=1.0, mode=mode, stream=False, temp=0.0, max_tokens=16) != expected
+    assert chat(clm, QUESTION, alpha=1.0, mode=mode, stream=False, temp=0.0, max_tokens=16) != expected
 
 
 def test_alpha_one_is_the_same_in_both_modes(clm) -> None:
-    in_logits = clm.chat(QUESTION, alpha=1.0, mode="logits", stream=False, temp=0.0, max_tokens=16)
-    assert clm.chat(QUESTION, alpha=1.0, mode="embed", stream=False, temp=0.0, max_tokens=16) == in_logits
+    in_logits = chat(clm, QUESTION, alpha=1.0, mode="logits", stream=False, temp=0.0, max_tokens=16)
+    assert chat(clm, QUESTION, alpha=1.0, mode="embed", stream=False, temp=0.0, max_tokens=16) == in_logits
 
 
 @pytest.mark.parametrize("alpha", [0.0, 1.0])
@@ -118,9 +119,9 @@ def test_a_one_call_answer_at_alpha_0_or_1_leaves_the_reference_sequence_empty(c
     """chat() cannot change its alpha midway, so logits mode at a single-path alpha runs on one
     sequence (ChatSession, which may turn the dial between turns, keeps both)."""
     clm.reset()
-    clm.chat(QUESTION, alpha=alpha, mode="logits", stream=False, temp=0.0, max_tokens=4)
+    chat(clm, QUESTION, alpha=alpha, mode="logits", stream=False, temp=0.0, max_tokens=4)
     assert clm.next_position(ALIGNED_SEQ) > 0 and clm.next_position(REFERENCE_SEQ) == 0
-    clm.chat(QUESTION, alpha=0.5, mode="logits", stream=False, temp=0.0, max_tokens=4)
+    chat(clm, QUESTION, alpha=0.5, mode="logits", stream=False, temp=0.0, max_tokens=4)
     assert clm.next_position(REFERENCE_SEQ) > 0
 
 

@@ -165,7 +165,7 @@ def test_the_validator_applies_each_familys_rules(family, tmp_path: Path) -> Non
     import gguf
     from clm_local.converters.gguf_io import copy_metadata, copy_tensor, write_gguf
 
-    from clm_local.gguf_check import ARCH_RULES, check_gguf
+    from clm_local.gguf.check import ARCH_RULES, check_gguf
 
     source = family.files["clm_b"]
     check_gguf(source)

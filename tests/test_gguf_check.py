@@ -13,8 +13,8 @@ from gguf_mutations import HUGE, apply, set_value
 from tiny_gguf import make_tiny_model
 
 from clm_local.errors import ClmError
-from clm_local.gguf_check import check_gguf, tensors_with_non_finite_values
-from clm_local.gguf_header import StringArray, read_header
+from clm_local.gguf.check import check_gguf, tensors_with_non_finite_values
+from clm_local.gguf.header import StringArray, read_header
 
 U32, F32, STR = GGUFValueType.UINT32, GGUFValueType.FLOAT32, GGUFValueType.STRING
 

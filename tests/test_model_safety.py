@@ -51,7 +51,7 @@ def run_child(code: str) -> subprocess.CompletedProcess[str]:
         "model.token_to_piece(1)",
         "model.chat_template()",
         "model.is_end_of_generation(1)",
-        "model.chat([{'role': 'user', 'content': 'hi'}], stream=False)",
+        "__import__('clm_local.chat').chat.chat(model, [{'role': 'user', 'content': 'hi'}], stream=False)",
     ],
 )
 def test_every_method_of_a_closed_model_raises(clm_file: Path, call: str) -> None:

@@ -15,7 +15,7 @@ import pytest
 from numpy_reference import forward, forward_plain, relative_error
 from tiny_gguf import HF_BLOCK_MODULES, TinyModel, Variant, make_tiny_model
 
-from clm_local import gguf_keys
+from clm_local.gguf import keys as gguf_keys
 
 if TYPE_CHECKING:
     import torch  # optional (the train extra): the transformers tests skip without it

@@ -13,7 +13,7 @@ import pytest
 import torch
 from clm_local.cli import main, train_cmd
 from safetensors.torch import load_file
-from tiny_hf import make_tiny_model, write_tiny_gguf
+from tiny_hf import PAIRS, write_jsonl, write_tiny_gguf
 from transformers import AutoModelForCausalLM
 
 from clm_local.errors import ClmError
@@ -33,41 +33,7 @@ from clm_local.training.trainer import Trainer
 
 ARCHITECTURES = ("llama", "qwen2")
 FAST = dict(lr=1e-2, batch_size=2, progress=False)
-
-# Separable on purpose: chosen answers always open kindly, rejected ones curtly.
-PAIRS = [
-    ("Can you help me?", "Yes, I am glad to help you with that request.", "No. Go away."),
-    ("What is the capital of France?", "Yes, I am glad to help: Paris is the capital.", "No. Go away."),
-    ("Tell me a short story.", "Yes, I am glad to help. A cat likes to sleep in the sun.", "No. I will not."),
-    ("Hello world", "Yes, I am glad to help you.", "No. Go away, I will not answer that."),
-]
-
-
-def write_jsonl(path: Path, records: list) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
-    return path
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine the threads wait on each
-    other (a 25-step test took 20 s with two threads on a loaded 2-core machine, 0.2 s with one)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory) -> dict[str, Path]:
-    """Both tiny model folders, built once."""
-    root = tmp_path_factory.mktemp("tiny")
-    return {arch: make_tiny_model(root / arch, arch) for arch in ARCHITECTURES}
-
-
-@pytest.fixture
-def pairs(tmp_path) -> Path:
-    return write_jsonl(tmp_path / "pairs.jsonl", [dict(prompt=p, chosen=c, rejected=r) for p, c, r in PAIRS])
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def train_records(path: Path) -> list[dict]:

@@ -10,14 +10,13 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from clm_local.converters.convert import ConvertOptions, convert
 from safetensors.torch import load_file
-from test_training import FAST, PAIRS, clm_model, train_records, write_jsonl
-from tiny_hf import make_tiny_model, write_tiny_gguf
+from test_training import FAST, clm_model, train_records
+from tiny_hf import write_tiny_gguf
 from transformers import get_scheduler
 
 import clm_local
@@ -30,25 +29,7 @@ from clm_local.training.data import Example, truncate
 from clm_local.training.trainer import Trainer
 
 ARCHITECTURES = ("llama", "qwen2")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tiny")
-    return {arch: make_tiny_model(root / arch, arch) for arch in ARCHITECTURES}
-
-
-@pytest.fixture
-def pairs(tmp_path) -> Path:
-    return write_jsonl(tmp_path / "pairs.jsonl", [dict(prompt=p, chosen=c, rejected=r) for p, c, r in PAIRS])
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- memory: gradient checkpointing and chunked log-probs ------------------------------------------

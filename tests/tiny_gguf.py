@@ -20,7 +20,7 @@ from typing import Literal
 import gguf
 import numpy as np
 
-from clm_local import gguf_keys
+from clm_local.gguf import keys as gguf_keys
 
 Arch = Literal["llama", "qwen2"]
 Variant = Literal["clm", "base", "plain_expanded"]

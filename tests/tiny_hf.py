@@ -192,3 +192,17 @@ def write_tiny_gguf(model_dir: Path, gguf_path: Path) -> Path:
     writer.write_tensors_to_file()
     writer.close()
     return gguf_path
+
+
+# Separable on purpose: chosen answers always open kindly, rejected ones curtly.
+PAIRS = [
+    ("Can you help me?", "Yes, I am glad to help you with that request.", "No. Go away."),
+    ("What is the capital of France?", "Yes, I am glad to help: Paris is the capital.", "No. Go away."),
+    ("Tell me a short story.", "Yes, I am glad to help. A cat likes to sleep in the sun.", "No. I will not."),
+    ("Hello world", "Yes, I am glad to help you.", "No. Go away, I will not answer that."),
+]
+
+
+def write_jsonl(path: Path, records: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
+    return path

@@ -26,7 +26,7 @@ from clm_local.converters.gguf_io import MetadataEntry, OutputTensor, copy_metad
 from clm_local.converters.graft import read_heads
 from clm_local.converters.hf_tensors import gguf_tensor_name, reorder_for_llama_cpp
 from clm_local.errors import ClmError
-from clm_local.gguf_file import open_gguf
+from clm_local.gguf.file import open_gguf
 from clm_local.recipe.recipe import RecipeSettings, chosen_answers, peak_rss_bytes
 from clm_local.training.base_model import load_model, load_tokenizer, resolve_base
 from clm_local.training.data import Dataset, collate, load_dataset

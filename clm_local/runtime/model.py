@@ -18,7 +18,7 @@ import functools
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,9 +26,9 @@ from typing import Any, TypeVar
 import numpy as np
 
 from clm_local.errors import ClmError
-from clm_local.gguf_check import check_gguf
-from clm_local.gguf_header import StringArray
-from clm_local.gguf_keys import (
+from clm_local.gguf.check import check_gguf
+from clm_local.gguf.header import StringArray
+from clm_local.gguf.keys import (
     KEY_ALPHA_DEFAULT,
     KEY_MIX_DEFAULT,
     KEY_PRE_LAYER_COUNT,
@@ -85,7 +85,7 @@ class ModelInfo:
 
 
 def read_info(path: str | Path) -> ModelInfo:
-    """Validate the file (clm_local.gguf_check) and refuse what the runtime cannot serve, by name."""
+    """Validate the file (clm_local.gguf.check) and refuse what the runtime cannot serve, by name."""
     header = check_gguf(path)
     values = header.values
     architecture = str(values["general.architecture"])
@@ -270,21 +270,6 @@ class ClmModel:
         self.set_alpha(REFERENCE_SEQ, 0.0)
         both = {ALIGNED_SEQ: tokens, REFERENCE_SEQ: tokens}
         return self.decode(both, all_logits=True, mix={ALIGNED_SEQ: (REFERENCE_SEQ, alpha)})[ALIGNED_SEQ]
-
-    def chat(
-        self,
-        messages: list[dict[str, str]],
-        *,
-        alpha: float | None = None,
-        mode: str | None = None,
-        stream: bool = True,
-        max_tokens: int = 512,
-        **sampling: float | int,
-    ) -> Iterator[str] | str:
-        """Answer the last user message with the model's chat template. See clm_local.chat.chat."""
-        from clm_local.chat import chat  # clm_local.chat builds on this module
-
-        return chat(self, messages, alpha=alpha, mode=mode, stream=stream, max_tokens=max_tokens, **sampling)
 
     # -- building blocks for chat and benchmarks --------------------------------------------------
 

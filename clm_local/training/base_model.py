@@ -24,8 +24,8 @@ from transformers import (
 
 from clm_local.errors import ClmError
 from clm_local.files import sha256_file
-from clm_local.gguf_file import field_value, open_gguf
-from clm_local.gguf_keys import GEMMA_NORM_ARCHITECTURES, HF_MODEL_TYPES, SUPPORTED_ARCHITECTURES
+from clm_local.gguf.file import field_value, open_gguf
+from clm_local.gguf.keys import GEMMA_NORM_ARCHITECTURES, HF_MODEL_TYPES, SUPPORTED_ARCHITECTURES
 
 GGUF_MAGIC = b"GGUF"
 

@@ -1,7 +1,7 @@
 """Refuse a training run's bad inputs in a second, before anything slow runs or any file is made.
 
 `train()` calls `check_inputs` first: the options; the base (a GGUF is validated by
-clm_local.gguf_check, and refused if it already is a CLM file); the training and eval data (read
+clm_local.gguf.check, and refused if it already is a CLM file); the training and eval data (read
 and validated, encoding included, without a tokenizer). Loading the tokenizer and the model takes
 seconds to minutes, so a typo in the data must not wait for them.
 """
@@ -11,16 +11,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from clm_local.errors import ClmError
-from clm_local.gguf_check import check_gguf
-from clm_local.gguf_keys import KEY_PRE_LAYER_COUNT
+from clm_local.gguf.check import check_gguf
+from clm_local.gguf.keys import KEY_PRE_LAYER_COUNT
 from clm_local.training.base_model import resolve_base
 from clm_local.training.data import check_data
-
-if TYPE_CHECKING:
-    from clm_local.training.trainer import TrainOptions
+from clm_local.training.options import TrainOptions
 
 
 def check_inputs(base: str | Path, data: str | Path, options: TrainOptions) -> None:

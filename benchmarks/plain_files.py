@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
-
 from clm_local.converters.gguf_io import (
     MetadataEntry,
     OutputTensor,
@@ -24,11 +23,12 @@ from clm_local.converters.gguf_io import (
     copy_tensor,
     write_gguf,
 )
+
 from clm_local.errors import ClmError
-from clm_local.gguf_file import open_gguf
+from clm_local.gguf.file import open_gguf
 from clm_local.runtime.model import read_info
 
-# Every key a CLM file adds to an ordinary GGUF starts with this (clm_local.gguf_keys).
+# Every key a CLM file adds to an ordinary GGUF starts with this (clm_local.gguf.keys).
 _CLM_KEY_PREFIX = "clm."
 _BLOCK_NAME = re.compile(r"blk\.(\d+)\.(.+)")
 

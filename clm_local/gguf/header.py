@@ -5,7 +5,7 @@ costs about 1.5 s and 160 MiB) and trusts the counts it reads, so a forged count
 gigabytes or loop for hours. This reader is the cheap first look at a file: it walks the header
 once through a memory map, refuses any count or length the rest of the file cannot hold, and
 skips over string arrays (the vocabulary, the merges) reading only their lengths. It reads no
-tensor data. What the values mean is checked in clm_local.gguf_check.
+tensor data. What the values mean is checked in clm_local.gguf.check.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from clm_local.errors import ClmError
-from clm_local.gguf_constants import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
-from clm_local.gguf_string_cache import StringArrayCache
+from clm_local.gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
+from clm_local.gguf.string_cache import StringArrayCache
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)  # what llama.cpp's gguf.cpp reads

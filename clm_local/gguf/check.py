@@ -4,7 +4,7 @@ llama.cpp trusts a file's metadata in places: it aborts the whole process (GGML_
 count above LLAMA_MAX_LAYERS, a negative or NaN norm epsilon, a RoPE dimension unlike the head size
 in graphs that require them equal (odd or above it in any graph), a norm or bias stored as F16, a
 tokenizer model that does not match the vocabulary, and more; a zero RoPE base gives NaN logits.
-`check_gguf(path)` reads the header (clm_local.gguf_header, cheap and bounded) and refuses such a
+`check_gguf(path)` reads the header (clm_local.gguf.header, cheap and bounded) and refuses such a
 file with one ClmError naming the file and the first problem.
 
 Generic rules apply to every architecture; the shapes and head rules of an architecture's graph
@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from clm_local.errors import ClmError
-from clm_local.gguf_constants import GGML_QUANT_SIZES, GGUFValueType
-from clm_local.gguf_header import FLOAT_TYPES, INTEGER_TYPES, GgufHeader, StringArray, read_header
-from clm_local.gguf_keys import (
+from clm_local.gguf.constants import GGML_QUANT_SIZES, GGUFValueType
+from clm_local.gguf.header import FLOAT_TYPES, INTEGER_TYPES, GgufHeader, StringArray, read_header
+from clm_local.gguf.keys import (
     CLM_VERSION,
     KEY_ALPHA_DEFAULT,
     KEY_MIX_DEFAULT,

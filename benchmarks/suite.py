@@ -18,10 +18,11 @@ from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from clm_local.benchmark.machine import load_average, machine_info
-from clm_local.benchmark.plain_files import write_plain_files
-from clm_local.benchmark.settings import BenchSettings
-from clm_local.benchmark.worker import CONFIGS, RunSpec
+from clm_local.benchmarks.machine import load_average, machine_info
+from clm_local.benchmarks.plain_files import write_plain_files
+from clm_local.benchmarks.settings import BenchSettings
+from clm_local.benchmarks.worker import CONFIGS, RunSpec
+
 from clm_local.errors import ClmError
 from clm_local.files import cache_dir
 
@@ -64,7 +65,7 @@ def run_benchmark(
 
 def run_in_subprocess(spec: RunSpec) -> dict[str, float]:
     """One run in a fresh interpreter: its peak RSS is that configuration's alone."""
-    command = [sys.executable, "-m", "clm_local.benchmark.worker", spec.to_json()]
+    command = [sys.executable, "-m", "clm_local.benchmarks.worker", spec.to_json()]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         lines = result.stderr.strip().splitlines() or [f"exit status {result.returncode}"]

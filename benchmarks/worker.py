@@ -1,4 +1,4 @@
-"""One benchmark configuration, timed in a process of its own (`python -m clm_local.benchmark.worker`).
+"""One benchmark configuration, timed in a process of its own (`python -m clm_local.benchmarks.worker`).
 
 A fresh interpreter per configuration and repeat makes the peak RSS (the process's high-water
 mark) belong to that configuration alone: no model, KV cache or allocator arena of another one
@@ -22,13 +22,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import gguf
+from clm_local.benchmarks.plain_files import BenchFiles
+from clm_local.benchmarks.two_model import TwoModelDecoder
 
-from clm_local.benchmark.plain_files import BenchFiles
-from clm_local.benchmark.two_model import TwoModelDecoder
 from clm_local.chat.generation import Decoder
 from clm_local.chat.sampling import SamplingParams
 from clm_local.errors import ClmError
-from clm_local.gguf_file import field_value, open_gguf
+from clm_local.gguf.file import field_value, open_gguf
 from clm_local.runtime.model import ClmModel, load
 
 CONFIGS = ("base", "embed", "logits", "two_model")

@@ -26,7 +26,7 @@ def _gguf_constants() -> ModuleType:
     if package is None or not package.submodule_search_locations:
         raise ClmError("the gguf package is not installed (pip install gguf)")
     path = Path(next(iter(package.submodule_search_locations))) / "constants.py"
-    spec = importlib.util.spec_from_file_location("clm_local._gguf_constants", path)
+    spec = importlib.util.spec_from_file_location("clm_local.gguf._gguf_constants", path)
     if spec is None or spec.loader is None:
         raise ClmError(f"the gguf package has no constants module at {path}")
     module = importlib.util.module_from_spec(spec)

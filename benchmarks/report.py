@@ -7,7 +7,7 @@ control, the thing the benchmark exists to show.
 
 from __future__ import annotations
 
-from clm_local.benchmark.suite import FIGURES
+from clm_local.benchmarks.suite import FIGURES
 
 HEADINGS = {"prefill_tps": "prefill tok/s", "decode_tps": "decode tok/s", "peak_rss_mb": "peak RSS MiB"}
 DESCRIPTIONS = {

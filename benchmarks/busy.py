@@ -16,8 +16,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
-
 PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle."
 
 
@@ -36,20 +34,12 @@ def competitors(count: int) -> Iterator[None]:
 
 def decode_speed(model_path: Path, threads: int | None, tokens: int, alpha: float) -> float:
     """Greedy decode tokens/s in logits mode, after reading the prompt."""
+    from clm_local.benchmarks.greedy import greedy_decode_speed
+
     import clm_local
-    from clm_local.runtime.model import ALIGNED_SEQ, REFERENCE_SEQ
 
     with clm_local.load(model_path, n_ctx=512, n_threads=threads) as model:
-        prompt = model.tokenize(PROMPT)
-        model.set_alpha(ALIGNED_SEQ, 1.0)
-        model.set_alpha(REFERENCE_SEQ, 0.0)
-        mix = {ALIGNED_SEQ: (REFERENCE_SEQ, alpha)}
-        out = model.decode({ALIGNED_SEQ: prompt, REFERENCE_SEQ: prompt}, mix=mix)
-        started = time.perf_counter()
-        for _ in range(tokens):
-            token = int(np.argmax(out[ALIGNED_SEQ][-1]))
-            out = model.decode({ALIGNED_SEQ: [token], REFERENCE_SEQ: [token]}, mix=mix)
-        return tokens / (time.perf_counter() - started)
+        return greedy_decode_speed(model, model.tokenize(PROMPT), tokens, alpha, "logits")
 
 
 def run_busy(

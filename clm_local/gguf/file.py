@@ -1,6 +1,6 @@
 """Open a GGUF with gguf-py's reader (tensor data included) once it has been validated.
 
-The validation is clm_local.gguf_check's (shared with the runtime and `info`); this module adds
+The validation is clm_local.gguf.check's (shared with the runtime and `info`); this module adds
 gguf-py's reader for the converters, which copy tensors, and reads its values as plain objects.
 """
 
@@ -13,11 +13,11 @@ import numpy as np
 from gguf import GGUFReader, GGUFValueType
 
 from clm_local.errors import ClmError
-from clm_local.gguf_check import check_gguf
+from clm_local.gguf.check import check_gguf
 
 
 def open_gguf(path: str | Path) -> GGUFReader:
-    """A GGUFReader over `path` once clm_local.gguf_check has validated the file (bounded, cheap),
+    """A GGUFReader over `path` once clm_local.gguf.check has validated the file (bounded, cheap),
     or ClmError saying plainly what is wrong with it."""
     header = check_gguf(path)
     try:
