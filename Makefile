@@ -5,8 +5,10 @@
 #
 #   make demo                      # the main job on the embedded default model
 #   make test                      # the test suite (CI runs this)
-#   make fuzz                      # 5,000 mutated GGUFs through info and load (FUZZ_CASES=..., FUZZ_SEED=...)
+#   make fuzz                      # 5,000 mutated GGUFs of six families through info and load (FUZZ_CASES=..., FUZZ_SEED=...)
+#   make fuzz-server               # 5,000 hostile requests against a running server (FUZZ_SERVER_CASES=..., FUZZ_SEED=...)
 #   make setup BACKEND=metal       # Apple GPUs; BACKEND=cuda for NVIDIA
+#   make device-check BACKEND=cuda # build for this GPU, run runtime/family/server tests offloaded, bench
 #   make setup TORCH=torch         # any torch you like (the pin keeps CI on the CPU wheel)
 
 PYTHON  ?= python3
@@ -14,11 +16,12 @@ BACKEND ?= cpu
 TORCH   ?= torch==2.13.0
 FUZZ_CASES ?= 5000
 FUZZ_SEED  ?= 1
+FUZZ_SERVER_CASES ?= 5000
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.setup-$(BACKEND)
 
-.PHONY: setup demo test lint fuzz
+.PHONY: setup demo test lint fuzz fuzz-server device-check
 
 setup: $(STAMP)
 
@@ -42,6 +45,12 @@ test: $(STAMP)
 
 fuzz: $(STAMP)
 	$(BIN)/python tests/fuzz_runner.py --cases $(FUZZ_CASES) --seed $(FUZZ_SEED)
+
+fuzz-server: $(STAMP)
+	$(BIN)/python tests/fuzz_server.py --cases $(FUZZ_SERVER_CASES) --seed $(FUZZ_SEED)
+
+device-check: $(STAMP)
+	$(BIN)/python tests/device_check.py --backend $(BACKEND)
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 from clm_local.benchmarks.settings import BenchSettings
-from clm_local.cli.options import Threads
+from clm_local.cli.options import Threads, model_file
 
 DEFAULTS = BenchSettings()
 
@@ -69,6 +69,8 @@ def bench(
         alpha=alpha,
     )
     settings.check()  # before the default model is fetched
+    if model is not None:
+        _check_model(model)  # before any work is announced
     path = model if model is not None else default_model.default_model_path()
 
     def progress(line: str) -> None:
@@ -85,3 +87,15 @@ def bench(
         result["first_token"] = run_first_token(path, repeat=settings.repeat, progress=progress)
         sections.append(format_first_token(result["first_token"]))
     print(json.dumps(result, indent=2) if as_json else "\n\n".join(sections))
+
+
+def _check_model(path: Path) -> None:
+    """Refuse a file the benchmark cannot use (missing, a folder, not a valid GGUF, no pre-layer)."""
+    from clm_local.errors import ClmError
+    from clm_local.runtime.model import read_info
+
+    if not read_info(model_file(path)).is_clm:
+        raise ClmError(
+            f"{path} has no CLM pre-layer: the benchmark compares the alignment modes of a CLM file "
+            "(make one with `clm-local convert`)"
+        )

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from clm_local.cli.options import Mode, Threads
+from clm_local.cli.options import Mode, Threads, model_file
 from clm_local.cli.pipes import reader_may_leave
 
 if TYPE_CHECKING:
@@ -170,7 +170,7 @@ def _model_path(path: Path | None) -> Path:
     from clm_local import default_model
 
     if path is not None:
-        return path
+        return model_file(path)
     if not default_model.has_trained_pre_layer():
         _note("the default model has no trained pre-layer yet: it is the base model, alpha has no effect")
         warnings.filterwarnings("ignore", message=".*no CLM pre-layer")  # said just now

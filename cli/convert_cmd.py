@@ -14,6 +14,8 @@ from typing import Annotated
 import typer
 from clm_local.cli.pipes import reader_may_leave
 
+DEFAULT_MODEL = "default"  # `clm-local info default`: the embedded default model
+
 
 def register(app: typer.Typer) -> None:
     """Add `convert` and `info` to the app."""
@@ -60,6 +62,14 @@ def convert(
             "needs an F16/BF16/F32 base. To keep a quantized base as it is, graft without this."
         ),
     ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="Checkpoints: the model's display name (general.name); default: the base's name, "
+            "then 'CLM' and the checkpoint folder's name.",
+            show_default=False,
+        ),
+    ] = None,
     alpha_default: Annotated[float, typer.Option(help="Alpha the runtime uses when none is given.")] = 1.0,
     mix_default: Annotated[str, typer.Option(help="How alpha mixes by default: logits or embed.")] = "logits",
     pre_layers: Annotated[
@@ -87,6 +97,7 @@ def convert(
         pre_layers=pre_layers,
         base=base,
         force_base=force_base,
+        name=name,
         quantize=quantize,
         force=force,
         trust_layout=trust_layout,
@@ -98,7 +109,14 @@ def convert(
 
 
 def info(
-    file: Annotated[Path, typer.Argument(help="A GGUF file.", show_default=False)],
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="A GGUF file, or `default`: the embedded default model (with the path of its base "
+            "GGUF, which `clm-local train default` trains on).",
+            show_default=False,
+        ),
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
     check_values: Annotated[
         bool, typer.Option("--check-values", help="Also decode every tensor and name those with NaN or Inf.")
@@ -107,6 +125,18 @@ def info(
     """Describe a GGUF: architecture, blocks, pre-layer, defaults, provenance, tensor types, sizes."""
     from clm_local.converters.info import format_info, read_info
 
+    base = None
+    if str(file) == DEFAULT_MODEL and not file.exists():
+        from clm_local import default_model
+
+        file, base = default_model.default_model_path(), default_model.base_model_path()
     details = read_info(file, check_values=check_values)
+    if as_json:
+        text = json.dumps(details.to_json() | ({"base_file": str(base)} if base else {}), indent=2)
+    else:
+        text = format_info(details)
+        if base is not None:
+            hint = "(`clm-local train default DATA -o CKPT` trains on it)"
+            text += f"\n{'base file':<14}{base}\n{'':<14}{hint}"
     with reader_may_leave():
-        typer.echo(json.dumps(details.to_json(), indent=2) if as_json else format_info(details))
+        typer.echo(text)

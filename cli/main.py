@@ -11,6 +11,7 @@ import sys
 
 import typer
 from clm_local.cli import bench_cmd, chat_cmd, convert_cmd, recipe_cmd, runtime_cmd, serve_cmd, train_cmd
+from clm_local.cli.options import use_plain_usage
 
 from clm_local.errors import ClmError
 
@@ -35,6 +36,7 @@ app = typer.Typer(
 
 for module in (runtime_cmd, train_cmd, convert_cmd, chat_cmd, recipe_cmd, bench_cmd, serve_cmd):
     module.register(app)
+use_plain_usage(app)
 
 
 def run() -> None:

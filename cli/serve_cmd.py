@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from clm_local.cli.options import Threads
+from clm_local.cli.options import Threads, model_file
 
 
 def register(app: typer.Typer) -> None:
@@ -101,8 +101,9 @@ def serve(
         raise ClmError(f"--kv-size ({kv_size}) must hold at least one request of --ctx ({ctx}) positions")
     from clm_local.server import serve as run_server
 
+    path = None if model is None else model_file(model)
     run_server(
-        model, host=host, port=port, parallel=parallel, ctx=ctx, kv_size=kv_size, threads=threads,
+        path, host=host, port=port, parallel=parallel, ctx=ctx, kv_size=kv_size, threads=threads,
         api_key=api_key, mode=mode, max_queue=queue, prefill_chunk=prefill_chunk,
         allowed_hosts=allowed_host or (),
         cors_origins=cors_origin or (),

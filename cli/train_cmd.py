@@ -1,7 +1,9 @@
 """`clm-local train BASE DATA -o CKPT`: train the CLM pre-layer (DPO or SFT) on a base model.
 
-The work lives in clm_local.training; this module only maps options to TrainOptions (imported
-inside the command, so `clm-local --help` does not load torch). Under torchrun
+The work lives in clm_local.training; this module only maps options to TrainOptions. The options
+and input files are checked (training/options.py, training/inputs.py, no torch) before the
+trainer is imported, so a typo is reported in a fraction of a second, and `clm-local --help`
+does not load torch either. Under torchrun
 (`torchrun --nproc-per-node K -m clm_local.training ...`) every process runs this command; only
 rank 0 prints.
 """
@@ -16,6 +18,8 @@ from typing import Annotated
 
 import typer
 
+from clm_local.gguf.keys import SUPPORTED_ARCHITECTURES
+
 
 def register(app: typer.Typer) -> None:
     """Add `train` to the app."""
@@ -26,7 +30,9 @@ def train(
     base: Annotated[
         Path,
         typer.Argument(
-            help="Base model: a Hugging Face folder or a GGUF file (Llama, Qwen2).", show_default=False
+            help="Base model: a Hugging Face folder or a GGUF file (families: "
+            f"{', '.join(SUPPORTED_ARCHITECTURES)}), or `default`: the default model's base GGUF.",
+            show_default=False,
         ),
     ],
     data: Annotated[
@@ -117,9 +123,12 @@ def train(
         ),
     ] = None,
 ) -> None:
-    """Add the identity pre-layer P to BASE and train only P on DATA; write P and a manifest to CKPT."""
-    from clm_local.training import TrainOptions
-    from clm_local.training import train as run_training
+    """Add the identity pre-layer P to BASE and train only P on DATA; write P and a manifest to CKPT.
+
+    Example, on the default model's base: clm-local train default prefs.jsonl -o ckpt/
+    """
+    from clm_local.training.inputs import check_inputs
+    from clm_local.training.options import TrainOptions
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
@@ -153,6 +162,14 @@ def train(
         init_from=init_from,
     )
     try:
+        check_inputs(base, data, options)  # before the trainer's imports (torch: seconds)
+        from clm_local.training import train as run_training
+
+        if not sys.stderr.isatty():  # a log file or a pipe: no progress bars (the trainer logs lines)
+            from transformers.utils import logging as transformers_logging
+
+            transformers_logging.disable_progress_bar()
+
         result = run_training(base, data, output, options)
     finally:
         logger.removeHandler(handler)

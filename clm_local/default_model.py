@@ -88,6 +88,10 @@ def default_model_path() -> Path:
     weights = SHIPPED_PRE_LAYER / "pre_layer.safetensors"
     target = cache_dir() / "models" / f"SmolLM2-135M-Instruct-clm-{sha256_file(weights)[:12]}.Q4_1.gguf"
     if not target.exists():
+        from clm_local.gguf.file import field_value, open_gguf
+
         print(f"grafting the default pre-layer onto {base.name} ...", file=sys.stderr)
-        convert(SHIPPED_PRE_LAYER, target, ConvertOptions(base=base, alpha_default=1.0, mix_default="logits"))
+        name = field_value(open_gguf(base), "general.name") or None  # the shipped model keeps the base's
+        options = ConvertOptions(base=base, alpha_default=1.0, mix_default="logits", name=name)
+        convert(SHIPPED_PRE_LAYER, target, options)
     return target

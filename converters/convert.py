@@ -39,6 +39,7 @@ class ConvertOptions:
     pre_layers: int = 1  # (b) and (c): how many leading blocks are pre-layers
     base: Path | None = None  # (a) only: the GGUF to graft onto
     force_base: bool = False  # (a) only: accept a base other than the one P was trained on
+    name: str | None = None  # (a) only: general.name; None: graft.checkpoint_model_name
     quantize: str | None = None  # a llama.cpp type name (Q4_K_M, ...), applied to the output
     force: bool = False  # replace an existing output
     trust_layout: bool = False  # (b) and (c): skip the check that the first blocks look like pre-layers
@@ -93,6 +94,10 @@ def _check_options(kind: SourceKind, options: ConvertOptions) -> None:
     check_defaults(options.alpha_default, options.mix_default)
     if kind is not SourceKind.CHECKPOINT and (options.base is not None or options.force_base):
         raise ClmError("--base and --force-base apply to training checkpoints only")
+    if kind is not SourceKind.CHECKPOINT and options.name is not None:
+        raise ClmError("--name applies to training checkpoints only (other sources keep their name)")
+    if options.name is not None and not options.name.strip():
+        raise ClmError("--name is empty")
     if kind is SourceKind.CHECKPOINT and options.trust_layout:
         raise ClmError("--trust-layout applies to model folders and GGUF sources (a checkpoint's P is known)")
     if kind is SourceKind.CHECKPOINT and options.pre_layers != 1:
@@ -116,7 +121,13 @@ def _run(kind: SourceKind, source: Path, out: Path, options: ConvertOptions, *, 
     defaults = dict(alpha_default=options.alpha_default, mix_default=options.mix_default, force=force)
     if kind is SourceKind.CHECKPOINT:
         graft(
-            source, out, base=options.base, force_base=options.force_base, outtype=options.outtype, **defaults
+            source,
+            out,
+            base=options.base,
+            force_base=options.force_base,
+            outtype=options.outtype,
+            name=options.name,
+            **defaults,
         )
     elif kind is SourceKind.HF_FOLDER:
         convert_hf_folder(

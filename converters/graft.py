@@ -54,8 +54,11 @@ def graft(
     alpha_default: float,
     mix_default: str,
     force: bool,
+    name: str | None = None,
 ) -> None:
-    """Write `out`: the base GGUF with the checkpoint's P inserted as block 0."""
+    """Write `out`: the base GGUF with the checkpoint's P inserted as block 0, named `name`
+    (general.name; default: checkpoint_model_name, so that a chat banner or `clm-local info` tells
+    it from the base and from other checkpoints of it)."""
     manifest = checkpoint_manifest.read(checkpoint)
     base = base or manifest.base_gguf()
     reader = open_gguf(base)
@@ -69,8 +72,11 @@ def graft(
 
     pre_layer = _pre_layer_tensors(checkpoint / manifest.pre_layer_file, reader, base, arch, outtype)
     tensors = _grafted_tensors(reader, pre_layer)
-    metadata = copy_metadata(reader, replace={block_count.key: block_count, **per_block})
-    metadata += [entry for key, entry in per_block.items() if key not in reader.fields]
+    name = checkpoint_model_name(_base_name(reader, base), checkpoint) if name is None else name
+    named = {gguf.Keys.General.NAME: MetadataEntry(gguf.Keys.General.NAME, name, gguf.GGUFValueType.STRING)}
+    replaced = {block_count.key: block_count, **per_block, **named}
+    metadata = copy_metadata(reader, replace=replaced)
+    metadata += [entry for key, entry in {**per_block, **named}.items() if key not in reader.fields]
     metadata += clm_entries(
         pre_layers=1,
         alpha_default=alpha_default,
@@ -135,6 +141,11 @@ def _block_count_entry(reader: gguf.GGUFReader, arch: str, base: Path) -> Metada
     if field is None:
         raise ClmError(f"{base} has no {key} key")
     return MetadataEntry(key, int(field.contents()) + 1, field.types[0])
+
+
+def checkpoint_model_name(base_name: str, checkpoint: Path) -> str:
+    """The display name of a base with a trained P: the base's, then the checkpoint folder's."""
+    return f"{base_name} + CLM {checkpoint.resolve().name}"
 
 
 def _base_name(reader: gguf.GGUFReader, base: Path) -> str:

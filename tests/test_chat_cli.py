@@ -4,6 +4,7 @@ a bad command."""
 
 from __future__ import annotations
 
+import io
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from test_chat_session import write_clm_copy
 import clm_local
 from clm_local import default_model
 from clm_local.chat import ChatSession, SamplingParams
+from clm_local.chat.repl import run_repl
 
 CLI = [sys.executable, "-m", "clm_local.cli.main"]
 FAST = ["--temp", "0", "--max-tokens", "12", "--threads", "1", "--ctx", "512"]
@@ -78,6 +80,38 @@ def test_a_missing_model_is_one_error_line(tmp_path: Path) -> None:
     assert result.stderr.strip() == f"error: {tmp_path / 'nope.gguf'}: no such file"
 
 
+def test_a_folder_as_model_points_to_convert(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    result = run_cli("chat", "-m", str(checkpoint), "--prompt", "hi")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"error: {checkpoint} is a folder, not a GGUF file: make one with "
+        f"`clm-local convert {checkpoint} model.gguf`"
+    )
+
+
+def test_bare_alpha_and_mode_show_the_current_values(clm_path: Path) -> None:
+    """`/alpha` and `/mode` without a value show it instead of refusing the line."""
+    lines = iter(["/alpha", "/mode", "/alpha 0.5", "/mode embed", "/alpha", "/mode"])
+
+    def read(prompt: str) -> str:
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None
+
+    out, err = io.StringIO(), io.StringIO()
+    with clm_local.load(clm_path, n_ctx=256, n_threads=1) as model:
+        run_repl(ChatSession(model, sampling=SamplingParams(temp=0)), read=read, out=out, err=err)
+    assert err.getvalue().splitlines() == [
+        "alpha is 1 (/alpha X sets it)",
+        "mode is logits (/mode logits|embed sets it)",
+        "alpha is 0.5 (/alpha X sets it)",
+        "mode is embed (/mode logits|embed sets it)",
+    ]
+
+
 def test_a_model_without_chat_template_still_answers(tmp_path: Path) -> None:
     bare = tmp_path / "no-template.gguf"
     subprocess.run(
@@ -123,6 +157,7 @@ def test_an_interactive_session(clm_path: Path) -> None:
     child.expect(PROMPT_LINE)
     assert child.before.strip()  # the answer
     child.sendline("/alpha 1.5")
+    child.expect("computed once more")  # the first alpha off 0 and 1 adds the reference path
     child.expect(r"\[alpha 1.5 logits\] > ")
     child.sendline("/alpha strong")
     child.expect("error: /alpha needs a number")

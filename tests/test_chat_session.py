@@ -117,7 +117,7 @@ def test_alpha_one_is_the_same_in_both_modes(clm) -> None:
 @pytest.mark.parametrize("alpha", [0.0, 1.0])
 def test_a_one_call_answer_at_alpha_0_or_1_leaves_the_reference_sequence_empty(clm, alpha: float) -> None:
     """chat() cannot change its alpha midway, so logits mode at a single-path alpha runs on one
-    sequence (ChatSession, which may turn the dial between turns, keeps both)."""
+    sequence (as a ChatSession does until its dial first moves elsewhere)."""
     clm.reset()
     chat(clm, QUESTION, alpha=alpha, mode="logits", stream=False, temp=0.0, max_tokens=4)
     assert clm.next_position(ALIGNED_SEQ) > 0 and clm.next_position(REFERENCE_SEQ) == 0
@@ -147,15 +147,66 @@ def test_a_second_turn_decodes_only_what_is_new(clm, monkeypatch: pytest.MonkeyP
 
 def test_a_new_alpha_recomputes_only_in_embed_mode(clm) -> None:
     notices: list[str] = []
-    session = ChatSession(clm, alpha=1.0, mode="logits", sampling=GREEDY, max_tokens=4, notify=notices.append)
+    session = ChatSession(clm, alpha=0.5, mode="logits", sampling=GREEDY, max_tokens=4, notify=notices.append)
     answer(session, "Hi")
-    session.set_alpha(0.5)
+    for alpha in (1.0, 0.0, 2.0):
+        session.set_alpha(alpha)
     assert notices == []
     session.set_mode("embed")
     assert "computed again" in notices[-1]
     answer(session, "Hi again")
     session.set_alpha(2.0)
     assert "embed mode at alpha 2" in notices[-1]
+
+
+QUESTIONS = ("Name a colour.", "And another one?", "And a third?", "And a fourth?")
+
+
+def test_the_default_session_decodes_one_sequence_until_the_dial_moves(
+    clm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At the file's defaults (alpha 1, logits) a session decodes the aligned path alone; the
+    first alpha that needs the mix adds the reference path with one prefill of the conversation
+    (said in one line), and from then on both are decoded, back at alpha 1 too. The answers are
+    those of sessions that decoded the pair from the start."""
+    notices: list[str] = []
+    session = ChatSession(clm, sampling=GREEDY, max_tokens=8, notify=notices.append)
+    assert (session.alpha, session.mode) == (1.0, "logits")
+    sequences: list[int] = []  # sequences per decode call
+    original = clm.decode
+
+    def counting_decode(tokens_by_seq, **kwargs):
+        sequences.append(len(tokens_by_seq))
+        return original(tokens_by_seq, **kwargs)
+
+    monkeypatch.setattr(clm, "decode", counting_decode)
+    first, second = (answer(session, text) for text in QUESTIONS[:2])
+    assert sequences and set(sequences) == {1}
+    assert clm.next_position(REFERENCE_SEQ) == 0
+    session.set_alpha(0.5)
+    assert len(notices) == 1 and "computed once more" in notices[0], notices
+    cached = len(session.decoder.cached)
+    assert f"({cached} tokens)" in notices[0]
+    del sequences[:]
+    third = answer(session, QUESTIONS[2])
+    assert sequences[0] == 1 and set(sequences[1:]) == {2}  # one prefill of the reference, then the pair
+    session.set_alpha(1.0)
+    fourth = answer(session, QUESTIONS[3])
+    assert set(sequences[1:]) == {2} and len(notices) == 1  # the pair is kept: alpha is free again
+    monkeypatch.undo()
+
+    def replay(alphas: list[float]) -> list[str]:
+        """The same conversation in a session that decodes the pair from the first token."""
+        fresh = ChatSession(clm, sampling=GREEDY, max_tokens=8)
+        fresh.decoder.prefill(fresh.template.tokens([{"role": "user", "content": "Hi"}]), 0.5, "logits")
+        answers = []
+        for alpha, text in zip(alphas, QUESTIONS, strict=True):
+            fresh.set_alpha(alpha)
+            answers.append(answer(fresh, text))
+        assert len(fresh.decoder.coefficients) == 2
+        return answers
+
+    assert replay([1.0, 1.0, 0.5, 1.0]) == [first, second, third, fourth]
 
 
 def test_old_exchanges_go_when_the_context_is_full() -> None:

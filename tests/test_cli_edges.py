@@ -4,8 +4,6 @@ All on the real default model and the installed command."""
 
 from __future__ import annotations
 
-import os
-import re
 import signal
 import subprocess
 import sys
@@ -125,23 +123,49 @@ def test_help_shows_no_type_placeholders_on_flags(command: str) -> None:
     assert "<bool>" not in result.stdout and "╭" not in result.stdout
 
 
-def test_the_readme_python_snippet_runs_as_written(tmp_path: Path) -> None:
-    section = README.read_text().split("## Python API", 1)[1]
-    snippet = re.search(r"```python\n(.*?)```", section, re.S)[1]
-    result = subprocess.run(
-        [sys.executable, "-c", snippet],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "ModelInfo(" in result.stdout
+TWO = ("train", "info")
 
 
-def test_the_readme_quantize_example_on_the_default_model_says_what_base_it_needs(tmp_path: Path) -> None:
-    """The README's `convert ckpt/ model.gguf --quantize Q4_K_M` with the default model's own P and
+def test_usage_lines_name_the_arguments_and_train_names_every_family() -> None:
+    from clm_local.gguf.keys import SUPPORTED_ARCHITECTURES
+
+    usage = {command: clm_local_cli(command, "--help").stdout.splitlines()[0] for command in TWO}
+    assert usage == {
+        "train": "Usage: clm-local train [OPTIONS] BASE DATA",
+        "info": "Usage: clm-local info [OPTIONS] FILE",
+    }
+    train_help = " ".join(clm_local_cli("train", "--help").stdout.split())
+    assert ", ".join(SUPPORTED_ARCHITECTURES) in train_help and "(Llama, Qwen2)" not in train_help
+    assert "`default`: the default model's base GGUF" in train_help
+
+
+def test_info_default_names_the_base_that_train_default_uses() -> None:
+    result = clm_local_cli("info", "default")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"file          {default_model.default_model_path()} (")
+    assert f"base file     {default_model.base_model_path()}" in lines
+    assert "clm-local train default DATA -o CKPT" in lines[-1]
+
+
+@pytest.mark.parametrize("kind", ["missing", "folder", "plain"])
+def test_bench_refuses_a_model_it_cannot_use_before_announcing_work(tmp_path: Path, kind: str) -> None:
+    paths = {"missing": tmp_path / "nope.gguf", "folder": tmp_path, "plain": default_model.base_model_path()}
+    path = paths[kind]
+    expected = {
+        "missing": f"error: {path}: no such file",
+        "folder": f"error: {path} is a folder, not a GGUF file: make one with "
+        f"`clm-local convert {path} model.gguf`",
+        "plain": f"error: {path} has no CLM pre-layer: the benchmark compares the alignment modes of a CLM "
+        "file (make one with `clm-local convert`)",
+    }[kind]
+    result = clm_local_cli("bench", str(path))
+    assert result.returncode == 1
+    assert result.stderr.strip() == expected  # the only line: no "writing ..." before it
+
+
+def test_the_quantize_example_on_the_default_model_says_what_base_it_needs(tmp_path: Path) -> None:
+    """docs/training.md's `convert ckpt/ model.gguf --quantize Q4_K_M` with the default model's own P and
     base (Q4_1): one line saying what base it needs, before any work, and no output."""
     shipped = Path(default_model.__file__).with_name("default_pre_layer")
     base = default_model.base_model_path()
@@ -153,4 +177,5 @@ def test_the_readme_quantize_example_on_the_default_model_says_what_base_it_need
         "or F32 base, or leave --quantize off (the base's types are kept)"
     )
     assert list(tmp_path.iterdir()) == []
-    assert "F16/BF16/F32 base" in next(line for line in README.read_text().splitlines() if "Q4_K_M" in line)
+    training = " ".join((README.with_name("docs") / "training.md").read_text().split())
+    assert "needs an unquantized (F16, BF16 or F32) base" in training

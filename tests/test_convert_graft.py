@@ -81,10 +81,23 @@ def test_graft_produces_the_clm_layout(tmp_path: Path, arch: str) -> None:
     assert value(reader, "clm.train.finished") is True
     assert reader.get_field("clm.train.init_from") is None  # null values are left out
 
-    # Every base key is kept byte for byte; only the block count changes.
+    # Every base key is kept byte for byte; only the block count and the name change.
     before, after = raw_fields(gguf.GGUFReader(base)), raw_fields(reader)
     changed = {k for k in before if before[k] != after.get(k)}
-    assert changed == {f"{arch}.block_count"}
+    assert changed == {f"{arch}.block_count", "general.name"}
+    assert value(reader, "general.name") == "clm-tiny-base + CLM ckpt"  # told apart from the base
+
+
+def test_the_grafted_model_is_named_after_its_checkpoint_or_as_asked(tmp_path: Path) -> None:
+    _, base, checkpoint = _setup(tmp_path)
+    renamed = checkpoint.rename(tmp_path / "polite-v2")
+    _graft(renamed, tmp_path / "derived.gguf")
+    derived = gguf.GGUFReader(tmp_path / "derived.gguf")
+    assert value(derived, "general.name") == "clm-tiny-base + CLM polite-v2"
+    _graft(renamed, tmp_path / "named.gguf", name="Polite tiny")
+    assert value(gguf.GGUFReader(tmp_path / "named.gguf"), "general.name") == "Polite tiny"
+    with pytest.raises(ClmError, match="--name applies to training checkpoints only"):
+        _graft(base, tmp_path / "other.gguf", name="x")
 
 
 def test_graft_onto_a_quantized_base_keeps_every_base_byte(tmp_path: Path) -> None:
@@ -149,7 +162,8 @@ def test_graft_smollm2_q4_keeps_the_base_and_is_quick(tmp_path: Path) -> None:
         assert by_name[new_name].tensor_type == tensor.tensor_type
         assert by_name[new_name].data.tobytes() == tensor.data.tobytes(), tensor.name
     before, after = raw_fields(source), raw_fields(grafted)
-    assert {k for k in before if before[k] != after[k]} == {"llama.block_count"}
+    assert {k for k in before if before[k] != after[k]} == {"llama.block_count", "general.name"}
+    assert value(grafted, "general.name") == f"{value(source, 'general.name')} + CLM ckpt"
     assert value(grafted, "llama.block_count") == 31
     assert len(grafted.tensors) == len(source.tensors) + 9
     assert elapsed < 30, f"graft took {elapsed:.1f} s"

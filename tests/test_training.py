@@ -176,6 +176,24 @@ def test_dpo_can_start_from_an_sft_checkpoint(tiny, pairs, tmp_path):
         train(tiny["qwen2"], pairs, tmp_path / "other", options)
 
 
+def test_reference_log_probs_cover_only_the_pairs_the_run_reads(tiny, pairs, tmp_path):
+    """--max-steps 1 computes the reference of that step's pairs only (NaN for the others in the
+    cache); a longer run on the same CKPT computes the pairs it lacks, with the values of a run
+    that computed them all at once."""
+    from clm_local.training.checkpoint import REFERENCE_FILE
+
+    train(tiny["llama"], pairs, tmp_path / "ckpt", TrainOptions(max_steps=1, **FAST))
+    short = load_file(tmp_path / "ckpt" / REFERENCE_FILE)["train"]
+    assert len(short) == 4 and int((~torch.isnan(short).any(dim=1)).sum()) == 2  # one step of 2 pairs
+    train(tiny["llama"], pairs, tmp_path / "ckpt", TrainOptions(resume=True, epochs=2, **FAST))
+    longer = load_file(tmp_path / "ckpt" / REFERENCE_FILE)["train"]
+    assert not torch.isnan(longer).any()
+    computed = ~torch.isnan(short).any(dim=1)
+    assert torch.equal(longer[computed], short[computed])  # kept, not computed again
+    train(tiny["llama"], pairs, tmp_path / "full", TrainOptions(max_steps=2, **FAST))
+    torch.testing.assert_close(longer, load_file(tmp_path / "full" / REFERENCE_FILE)["train"])
+
+
 def test_resume_after_an_interruption_reproduces_an_uninterrupted_run(tiny, pairs, tmp_path, monkeypatch):
     options = dict(max_steps=6, save_every=2, grad_accum=2, seed=3, **FAST)
     train(tiny["llama"], pairs, tmp_path / "straight", TrainOptions(**options))
@@ -341,7 +359,9 @@ def test_cli_trains_and_writes_a_checkpoint(tiny, pairs, tmp_path, monkeypatch, 
         "0.01",
     )
     assert code == 0, err
-    assert "identity check passed" in err and "dpo training" in err  # log lines and the progress bar
+    assert "identity check passed" in err  # the log lines
+    # stderr is no terminal here: progress comes as lines, with no tqdm bar and its carriage returns
+    assert "step 2/2: loss" in err and "\r" not in err and "dpo training" not in err
     assert len(train_records(tmp_path / "ckpt")) == 2
 
 
@@ -360,6 +380,15 @@ BAD_PAIR_LINES = {
     "missing field": (['{"prompt": "a", "chosen": "b"}'], ":1: missing field 'rejected'"),
     "empty": ([], "holds no usable examples"),
     "wrong type": (['{"prompt": "a", "chosen": 3, "rejected": "c"}'], "field 'chosen' must be a string"),
+    "sft data": (
+        ['{"prompt": "a", "completion": "b"}'],
+        ":1: missing fields 'chosen', 'rejected': this is SFT data (prompt + completion, or messages) "
+        "(train on such data with --objective sft)",
+    ),
+    "sft messages": (
+        ['{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}'],
+        "(train on such data with --objective sft)",
+    ),
 }
 
 
@@ -370,6 +399,71 @@ def test_cli_refuses_bad_data_with_one_line(tiny, tmp_path, monkeypatch, capsys,
     code, err = run_cli(monkeypatch, capsys, "train", tiny["llama"], data, "-o", tmp_path / "ckpt")
     assert code == 1
     assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+    if case.startswith("sft"):  # the hint is the objective that fits, not skipping every line
+        assert "--skip-bad-lines" not in err
+
+
+def test_cli_points_dpo_data_under_sft_to_the_dpo_objective(tiny, pairs, tmp_path, monkeypatch, capsys):
+    args = ("train", tiny["llama"], pairs, "-o", tmp_path / "ckpt", "--objective", "sft")
+    code, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 1
+    assert "this is DPO data (prompt, chosen, rejected) (train on such data with --objective dpo)" in err
+
+
+CLI_WITHOUT_TORCH = """
+import atexit, sys
+atexit.register(lambda: print("torch imported:", "torch" in sys.modules, file=sys.stderr))
+from clm_local.cli.main import run
+sys.argv[0] = "clm-local"
+run()
+"""
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("objective", "error: --objective must be one of dpo, sft"),
+        ("no base", "does not exist"),
+        ("no data", "does not exist"),
+        ("sft data", "--objective sft"),
+    ],
+)
+def test_cli_refuses_bad_options_and_inputs_before_importing_torch(tiny, pairs, tmp_path, case, message):
+    """The checks answer in a fraction of a second: torch (seconds to import) is never loaded."""
+    sft = write_jsonl(tmp_path / "sft.jsonl", ['{"prompt": "a", "completion": "b"}'])
+    base, data, extra = tiny["llama"], pairs, []
+    if case == "objective":
+        extra = ["--objective", "ppo"]
+    elif case == "no base":
+        base = tmp_path / "nope.gguf"
+    elif case == "no data":
+        data = tmp_path / "nope.jsonl"
+    else:
+        data = sft
+    result = subprocess.run(
+        [sys.executable, "-c", CLI_WITHOUT_TORCH, "train", base, data, "-o", tmp_path / "ckpt", *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert lines[1:] == ["torch imported: False"]
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_default_names_the_default_models_base(tmp_path, monkeypatch):
+    """`clm-local train default ...`: the default model's base GGUF, unless a file or folder here
+    has that name."""
+    from clm_local import default_model
+
+    monkeypatch.chdir(tmp_path)
+    source = resolve_base("default")
+    assert (source.kind, source.path) == ("gguf", default_model.base_model_path().resolve())
+    (tmp_path / "default").mkdir()
+    with pytest.raises(ClmError, match="is not a Hugging Face model folder"):
+        resolve_base("default")
 
 
 def test_cli_skip_bad_lines_goes_on(tiny, tmp_path, monkeypatch, capsys):

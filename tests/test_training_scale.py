@@ -121,7 +121,7 @@ def test_resume_keeps_the_schedule_and_reuses_the_reference_cache(tiny, pairs, t
         train(tiny["qwen2"], pairs, tmp_path / "resumed", TrainOptions(**options))
     monkeypatch.setattr(Trainer, "_train_step", original_step)
 
-    def computes_nothing(self, dataset):
+    def computes_nothing(self, dataset, indices):
         raise AssertionError("the reference log-probs were computed again")
 
     monkeypatch.setattr(Trainer, "_reference_logps", computes_nothing)

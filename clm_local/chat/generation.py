@@ -6,10 +6,15 @@ whole conversation every turn, but only the new turn is decoded).
 
 What the cache holds depends on how alpha is applied (CLM.md, "KV-cache consequence"):
 - logits mode: the aligned sequence (coefficient 1) and the reference sequence (coefficient 0)
-  hold the same tokens; alpha only mixes their logits, so a new alpha costs nothing;
+  hold the same tokens; alpha only mixes their logits, so a new alpha costs nothing. At alpha 0
+  or 1 the mix is a single path, so the Decoder starts on that one sequence (half the work per
+  token) and builds the other one, with one prefill of the cached tokens, when an alpha first
+  needs the pair; from then on the pair is kept, and every alpha is free again;
 - embed mode: one sequence whose every key and value was computed at alpha: a new alpha means
   computing the context again;
 - a plain (non-CLM) model: one sequence, alpha has no effect.
+A cache computed at one coefficient serves every request that needs that coefficient: logits
+mode at alpha 1 and embed mode at alpha 1 are the same single path.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from clm_local.runtime.model import (
     ClmModel,
     check_alpha,
     check_mode,
+    fewest_sequences_mode,
     sequence_coefficients,
 )
 
@@ -60,19 +66,38 @@ class Decoder:
         return self.model.n_ctx
 
     def coefficients_for(self, alpha: float, mode: str) -> dict[int, float]:
-        """The pre-layer coefficient of each sequence that serves `alpha` in `mode`."""
-        coefficients = sequence_coefficients(self.model.info, alpha, mode)
-        return dict(zip((ALIGNED_SEQ, REFERENCE_SEQ), coefficients, strict=False))
+        """The sequences (and the pre-layer coefficient of each) that serve `alpha` in `mode`,
+        given what the cache holds: as few as the alpha needs, except that logits mode keeps the
+        aligned/reference pair once it is built. Sequences already cached at a needed coefficient
+        are kept; the others are numbered from the free ones."""
+        needed = sequence_coefficients(self.model.info, alpha, fewest_sequences_mode(alpha, mode))
+        current = self.coefficients
+        if mode == "logits" and self.model.info.is_clm and sorted(current.values()) == [0.0, 1.0]:
+            return dict(current)
+        kept = {seq: coefficient for seq, coefficient in current.items() if coefficient in needed}
+        free = [seq for seq in (ALIGNED_SEQ, REFERENCE_SEQ) if seq not in kept]
+        missing = [coefficient for coefficient in needed if coefficient not in kept.values()]
+        return kept | dict(zip(free, missing, strict=False))
+
+    def _kept(self, wanted: dict[int, float]) -> dict[int, float]:
+        return {seq: c for seq, c in wanted.items() if self.coefficients.get(seq) == c}
 
     def needs_recompute(self, alpha: float, mode: str) -> bool:
         """Whether serving `alpha` in `mode` would throw the cached context away."""
-        return bool(self.cached) and self.coefficients != self.coefficients_for(alpha, mode)
+        return bool(self.cached) and not self._kept(self.coefficients_for(alpha, mode))
+
+    def needs_reference(self, alpha: float, mode: str) -> bool:
+        """Whether serving `alpha` in `mode` adds a sequence to the cached one (logits mode leaving
+        alpha 0 or 1 for the first time): the cached context is then decoded once more, on it."""
+        wanted = self.coefficients_for(alpha, mode)
+        return bool(self.cached) and 0 < len(self._kept(wanted)) < len(wanted)
 
     def prefill(self, tokens: Sequence[int], alpha: float, mode: str) -> np.ndarray:
         """Bring the cache to `tokens` and return the logits (mixed by alpha) after the last one.
 
         Only the tokens after the prefix shared with the cache are decoded; at least the last one
-        always is, since its logits are what the next token is drawn from.
+        always is, since its logits are what the next token is drawn from. A sequence added to
+        the cached one (needs_reference) first decodes that shared prefix, in one batch.
         """
         tokens = self.model.check_tokens(tokens)
         if len(tokens) > self.n_ctx:
@@ -80,17 +105,25 @@ class Decoder:
         if self.is_stale:  # prime again: forget what this Decoder thought the cache held
             self.cached, self.coefficients = [], {}
         wanted = self.coefficients_for(alpha, mode)
-        if wanted != self.coefficients:
+        kept = self._kept(wanted)
+        if not kept:
             self.model.reset()
             self.cached = []
-            if self.model.info.is_clm:
-                for seq, coefficient in wanted.items():
-                    self.model.set_alpha(seq, coefficient)
-            self.coefficients = wanted
+        for seq in self.coefficients.keys() - wanted.keys():  # no longer needed: dropped
+            self.model.forget_after(seq, 0)
+        added = {seq: c for seq, c in wanted.items() if seq not in kept}
+        if self.model.info.is_clm:
+            for seq, coefficient in added.items():
+                self.model.set_alpha(seq, coefficient)
         keep = min(_common_prefix(self.cached, tokens), len(tokens) - 1)
-        for seq in wanted:
+        for seq in kept:
             self.model.forget_after(seq, keep)
         del self.cached[keep:]
+        if added and keep:  # the new sequence catches up with the kept ones
+            for seq in added:
+                self.model.forget_after(seq, 0)
+            self.model.decode({seq: self.cached for seq in added})
+        self.coefficients = wanted
         return self._decode(tokens[keep:], alpha)
 
     def step(self, token: int, alpha: float) -> np.ndarray:
@@ -105,11 +138,17 @@ class Decoder:
         return self._decode([token], alpha)
 
     def _decode(self, tokens: list[int], alpha: float) -> np.ndarray:
-        mix = {ALIGNED_SEQ: (REFERENCE_SEQ, alpha)} if REFERENCE_SEQ in self.coefficients else None
+        """Decode `tokens` on every sequence; with the pair, the aligned one's logits mixed by alpha."""
+        by_coefficient = {coefficient: seq for seq, coefficient in self.coefficients.items()}
+        if len(self.coefficients) == 2:
+            shown = by_coefficient[1.0]
+            mix = {shown: (by_coefficient[0.0], alpha)}
+        else:
+            (shown,), mix = self.coefficients, None
         rows = self.model.decode({seq: tokens for seq in self.coefficients}, mix=mix)
         self._version = self.model.cache_version
         self.cached += tokens
-        return rows[ALIGNED_SEQ][-1]
+        return rows[shown][-1]
 
     def generate(
         self,

@@ -16,7 +16,9 @@ from clm_local.errors import ClmError
 
 HELP = """\
 /alpha X             set alpha: 0 is the base model, 1 the aligned one, above 1 stronger
+                     (/alpha alone shows it)
 /mode logits|embed   how alpha is applied (logits: free to change; embed: one pass, recomputes)
+                     (/mode alone shows it)
 /system TEXT         set the system message (/system alone removes it)
 /reset               start a new conversation (the system message stays)
 /help                this list
@@ -84,12 +86,16 @@ def _command(session: ChatSession, line: str, err: TextIO) -> bool:
         return False
     if name == "/help":
         print(HELP, file=err)
+    elif name == "/alpha" and not argument:
+        print(f"alpha is {session.alpha:g} (/alpha X sets it)", file=err)
     elif name == "/alpha":
         try:
             alpha = float(argument)
         except ValueError:
             raise ClmError(f"/alpha needs a number, e.g. /alpha 0.8 (got {argument!r})") from None
         session.set_alpha(alpha)
+    elif name == "/mode" and not argument:
+        print(f"mode is {session.mode} (/mode logits|embed sets it)", file=err)
     elif name == "/mode":
         session.set_mode(argument)
     elif name == "/system":

@@ -86,10 +86,20 @@ class ChatSession:
         self.turns = []
 
     def _say_if_recomputed(self) -> None:
-        if self.model.info.is_clm and self.decoder.needs_recompute(self.alpha, self.mode):
+        """One line when the new setting costs a prefill of the conversation on the next answer:
+        embed mode recomputes it at the new alpha; logits mode, leaving alpha 0 or 1 for the first
+        time, computes the second path once (the Decoder starts on the one path those need)."""
+        if not self.model.info.is_clm:
+            return
+        context = f"the context ({len(self.decoder.cached)} tokens)"
+        if self.decoder.needs_recompute(self.alpha, self.mode):
             self.notify(
-                f"{self.mode} mode at alpha {self.alpha:g}: the context "
-                f"({len(self.decoder.cached)} tokens) is computed again on the next answer"
+                f"{self.mode} mode at alpha {self.alpha:g}: {context} is computed again on the next answer"
+            )
+        elif self.decoder.needs_reference(self.alpha, self.mode):
+            self.notify(
+                f"{self.mode} mode at alpha {self.alpha:g}: {context} is computed once more on the next "
+                "answer, for the second path of the mix (from then on every alpha is free)"
             )
 
     # -- a turn ------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import threading
 import time
 import warnings
@@ -105,6 +106,21 @@ def read_info(path: str | Path) -> ModelInfo:
     )
 
 
+GPU_LAYERS_VARIABLE = "CLM_LOCAL_GPU_LAYERS"
+
+
+def gpu_layers_from_environment() -> int:
+    """The layers to offload when a caller does not say: CLM_LOCAL_GPU_LAYERS (99: all), else 0.
+    Why: one setting reaches every model a process loads (chat, the server, the tests), which is
+    how a GPU machine runs everything offloaded (`make device-check`). A CPU build ignores it."""
+    value = os.environ.get(GPU_LAYERS_VARIABLE, "").strip()
+    if not value:
+        return 0
+    if not value.isdigit():
+        raise ClmError(f"{GPU_LAYERS_VARIABLE} must be a number of layers (99: all), got {value!r}")
+    return int(value)
+
+
 def check_alpha(alpha: float) -> float:
     """alpha as a float, refused unless finite in float32 (llama.cpp's type for it)."""
     alpha = float(alpha)
@@ -167,7 +183,7 @@ class ClmModel:
         *,
         n_ctx: int = 2048,
         n_threads: int | None = None,
-        n_gpu_layers: int = 0,
+        n_gpu_layers: int | None = None,
         n_batch: int = 512,
         n_sequences: int | None = None,
         kv_pool: int | None = None,
@@ -182,11 +198,13 @@ class ClmModel:
             raise ClmError("n_ctx, n_batch and kv_pool must be positive")
         if n_threads is not None and n_threads < 1:
             raise ClmError(f"n_threads must be at least 1, got {n_threads}")
+        asked = n_gpu_layers is not None
+        n_gpu_layers = n_gpu_layers if asked else gpu_layers_from_environment()
         if n_gpu_layers < 0:
             raise ClmError(f"n_gpu_layers must be 0 or more (99: all layers), got {n_gpu_layers}")
         self._llama = library.llama()
         self._warned_plain = False
-        if n_gpu_layers and not self._llama.llama_supports_gpu_offload():
+        if asked and n_gpu_layers and not self._llama.llama_supports_gpu_offload():
             warnings.warn(
                 f"n_gpu_layers={n_gpu_layers} has no effect: this llama.cpp build has no GPU backend "
                 "(clm-local runtime install --backend cuda or metal)",

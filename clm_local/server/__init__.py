@@ -29,10 +29,13 @@ except ImportError as missing:  # pragma: no cover - depends on the installed ex
     raise ClmError(f"the server needs the serve extra: pip install 'clm-local[serve]' ({missing})") from None
 
 from clm_local.server.app import build_app
+from clm_local.server.protocol import DeadlineH11Protocol
 from clm_local.server.scheduler import Scheduler
 
 GRACE_SECONDS = 5  # on SIGINT/SIGTERM, in-flight requests get this long to finish
-CONNECTIONS_PER_SLOT = 4  # open connections beyond this many per slot and queue place get 503
+# uvicorn's own limit, a backstop for a flood: requests beyond the slots and queue get the
+# scheduler's 503 in OpenAI's shape long before; idle sockets are closed by protocol.py's deadlines
+MAX_CONNECTIONS = 512
 
 __all__ = ["create_app", "serve"]
 
@@ -135,8 +138,8 @@ def serve(
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=GRACE_SECONDS,
-        limit_concurrency=CONNECTIONS_PER_SLOT
-        * (app.state.scheduler.parallel + app.state.scheduler.max_queue),
+        limit_concurrency=MAX_CONNECTIONS,
+        http=DeadlineH11Protocol,
     )
 
     class Server(uvicorn.Server):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import json
 import sys
@@ -28,7 +29,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -109,6 +110,13 @@ def build_app(
         check_key(request)
         body = await _json_body(request)
         generation, stream = parse_chat(body, defaults)
+        if not scheduler.running:
+            raise ApiError(503, "the server is not running", kind="server_error")
+        try:  # rendered here, in a worker thread: a long conversation holds up no other request
+            text, add_special = await asyncio.to_thread(scheduler.render, generation.messages)
+        except ClmError as error:
+            raise ApiError(400, str(error), param="messages") from None
+        generation = dataclasses.replace(generation, messages=None, prompt=text, add_special=add_special)
         return await _serve(request, scheduler, Reply(True, generation, defaults), generation, stream, body)
 
     async def completions(request: Request) -> Response:
@@ -287,6 +295,8 @@ async def _json_body(request: Request) -> dict[str, Any]:
         data = await asyncio.wait_for(read(), BODY_SECONDS)
     except TimeoutError:
         raise ApiError(408, f"the body did not arrive within {BODY_SECONDS} s") from None
+    except ClientDisconnect:
+        raise ApiError(499, "the client closed the connection") from None
     try:
         body = json.loads(data, parse_constant=_no_constant)
     except RecursionError:

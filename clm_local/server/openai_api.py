@@ -68,6 +68,9 @@ def parse_chat(body: dict[str, Any], defaults: Defaults) -> tuple[GenerationRequ
         raise ApiError(400, "'messages' is required", param="messages")
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "'messages' must be a non-empty list", param="messages")
+    if len(messages) > defaults.n_ctx:  # each message is at least one token of the prompt
+        raise ApiError(400, f"{len(messages)} messages cannot fit a context of {defaults.n_ctx} tokens",
+                       param="messages")  # fmt: skip
     return _generation(body, defaults, messages=[_message(m, i) for i, m in enumerate(messages)])
 
 
@@ -97,7 +100,8 @@ def _generation(body: dict[str, Any], defaults: Defaults, **prompt: Any) -> tupl
         check_mode(mode)
     except ClmError as error:
         raise ApiError(400, str(error), param=alpha_name if "alpha" in str(error) else "mode") from None
-    max_tokens_name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+    given = body.get("max_completion_tokens") is not None  # a null one leaves max_tokens in force
+    max_tokens_name = "max_completion_tokens" if given else "max_tokens"
     max_tokens = _integer(body, max_tokens_name, None, 1, defaults.n_ctx)
     try:
         sampling = SamplingParams(
@@ -166,11 +170,17 @@ def _number(
     value = body.get(name)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ApiError(400, f"'{name}' must be a finite number, got {value!r}", param=name)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ApiError(400, f"'{name}' must be a finite number, got {_short(value)}", param=name)
+    try:
+        value = float(value)  # an integer of 400 digits is beyond a float: OverflowError
+    except OverflowError:
+        value = math.inf
+    if not math.isfinite(value):
+        raise ApiError(400, f"'{name}' must be a finite number, got {_short(body.get(name))}", param=name)
     if (low is not None and value < low) or (high is not None and value > high):
         raise ApiError(400, f"'{name}' must be in [{low}, {high}], got {value!r}", param=name)
-    return float(value)
+    return value
 
 
 def _integer(body: dict[str, Any], name: str, default: Any, low: int, high: int | None) -> Any:
@@ -178,11 +188,19 @@ def _integer(body: dict[str, Any], name: str, default: Any, low: int, high: int 
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ApiError(400, f"'{name}' must be an integer, got {value!r}", param=name)
+        raise ApiError(400, f"'{name}' must be an integer, got {_short(value)}", param=name)
     if value < low or (high is not None and value > high):
         limit = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise ApiError(400, f"'{name}' must be {limit}, got {value}", param=name)
+        raise ApiError(400, f"'{name}' must be {limit}, got {_short(value)}", param=name)
     return value
+
+
+def _short(value: Any) -> str:
+    """A value for an error message, cut short (a field may hold a megabyte)."""
+    if isinstance(value, int) and abs(value) >= 10**30:
+        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:80] + "..."
 
 
 def _stop(body: dict[str, Any]) -> tuple[str, ...]:

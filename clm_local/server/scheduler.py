@@ -55,7 +55,8 @@ from clm_local.runtime.model import NON_FINITE_CAUSES, ClmModel, ModelInfo, read
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One answer to generate: a conversation (chat) or a raw text prompt (completions)."""
+    """One answer to generate: a conversation (chat) or a prompt text (completions, or a conversation
+    the HTTP side already rendered with `Scheduler.render`)."""
 
     alpha: float
     mode: str
@@ -64,6 +65,7 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     messages: list[Message] | None = None
     prompt: str | None = None
+    add_special: bool = True  # tokenizing the prompt adds BOS/EOS where the vocabulary asks
 
 
 @dataclass(frozen=True)
@@ -454,9 +456,10 @@ class Scheduler:
         """Tokenize the job's prompt and size what it needs, or raise ClmError saying why not."""
         request = job.request
         if request.messages is not None:
-            prompt = self.template.tokens(request.messages)
+            text, add_special = self.render(request.messages)
         else:
-            prompt = self.model.tokenize(request.prompt or "", add_special=True, parse_special=True)
+            text, add_special = request.prompt or "", request.add_special
+        prompt = self.model.tokenize(text, add_special=add_special, parse_special=True)
         if not prompt:
             raise ClmError("the prompt is empty")
         coefficients = request_sequences(self.info, request.alpha, request.mode)
@@ -469,6 +472,12 @@ class Scheduler:
             )
         positions = min(context, len(prompt) + (request.max_tokens or context))
         return Admission(job, prompt, coefficients, positions * len(coefficients))
+
+    def render(self, messages: list[Message]) -> tuple[str, bool]:
+        """A conversation as prompt text, and whether tokenizing it adds BOS/EOS. Jinja only, no
+        llama.cpp call: any thread may render once the model has loaded, and the HTTP side does,
+        so that a long conversation does not hold up the scheduler thread."""
+        return self.template.render(messages), not self.template.writes_special_tokens
 
     def request_context(self, n_sequences: int) -> int:
         """The most positions a request may use (prompt + answer): --ctx, or its sequences' share of

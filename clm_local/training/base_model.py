@@ -3,6 +3,10 @@
 A GGUF base is loaded dequantized through transformers (`from_pretrained(..., gguf_file=...)`),
 tokenizer included, so the same file the runtime chats with can be trained on directly. The
 architecture is read before any weights are loaded, so an unsupported model is refused at once.
+The name `default` stands for the default model's base GGUF (default_model.base_model_path).
+
+torch and transformers are imported by the loaders only: resolve_base and base_architecture are
+part of the CLI's checks, which answer in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -11,23 +15,19 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    GgufConfig,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from typing import TYPE_CHECKING
 
 from clm_local.errors import ClmError
 from clm_local.files import sha256_file
 from clm_local.gguf.file import field_value, open_gguf
 from clm_local.gguf.keys import GEMMA_NORM_ARCHITECTURES, HF_MODEL_TYPES, SUPPORTED_ARCHITECTURES
 
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
 GGUF_MAGIC = b"GGUF"
+DEFAULT_BASE = "default"  # the name that stands for the default model's base GGUF
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,14 @@ class BaseSource:
 
 
 def resolve_base(path: str | Path) -> BaseSource:
-    """Check that `path` is a model folder or a GGUF file, and list the files that hold its weights."""
+    """Check that `path` is a model folder or a GGUF file, and list the files that hold its weights.
+
+    `default` (when no file or folder of that name is here) is the default model's base GGUF,
+    fetched on first use like the default model itself."""
+    if str(path) == DEFAULT_BASE and not Path(path).exists():
+        from clm_local import default_model
+
+        path = default_model.base_model_path()
     path = Path(path).expanduser().resolve()
     if path.is_file():
         with path.open("rb") as handle:
@@ -94,6 +101,8 @@ def base_identity(source: BaseSource) -> dict:
 
 def load_tokenizer(source: BaseSource) -> PreTrainedTokenizerBase:
     """The base's tokenizer (from the GGUF metadata for a GGUF base)."""
+    from transformers import AutoTokenizer
+
     if source.kind == "gguf":
         # transformers merges tokenizer files lying next to the GGUF into the GGUF's own tokenizer;
         # pointing it at an empty folder with an absolute gguf_file keeps the file self-contained.
@@ -111,6 +120,8 @@ def load_model(source: BaseSource, dtype: torch.dtype, device: torch.device) -> 
     """The base model in `dtype` on `device`, in eval mode (no dropout: the policy and the DPO
     reference must be the same deterministic function apart from P). Gemma 2 runs with eager
     attention, the only implementation that applies its attention soft-capping, as llama.cpp does."""
+    from transformers import AutoModelForCausalLM, GgufConfig
+
     attention = "eager" if base_architecture(source) == "gemma2" else None
     if source.kind == "gguf":
         # Dense weights on purpose: P is a trainable copy of block 0, and an exported checkpoint must
@@ -137,6 +148,8 @@ def _gguf_config(path: Path, empty_folder: str):  # -> transformers.PretrainedCo
     scales Gemma's queries by 1/sqrt(head_dim) (every size but 27B, which CLM refuses), so the
     model trained here is the one llama.cpp runs.
     """
+    from transformers import AutoConfig
+
     config = AutoConfig.from_pretrained(empty_folder, gguf_file=str(path))
     reader = open_gguf(path)
     arch = str(field_value(reader, "general.architecture"))

@@ -20,12 +20,13 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from jinja2 import TemplateError
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from clm_local.errors import ClmError
+
+if TYPE_CHECKING:  # torch and transformers are imported where used: check_data needs neither
+    import torch
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,19 @@ Turn = str | list[dict]  # one prompt or response: plain text or chat messages
 
 
 class BadRecord(ValueError):
-    """A record that cannot be used; the caller adds the file and line to the message."""
+    """A record that cannot be used; the caller adds the file and line to the message, and
+    `hint` (what to do about it) in brackets."""
+
+    hint = "use --skip-bad-lines to skip such lines"
+
+
+class OtherObjective(BadRecord):
+    """A record of the other objective's shape (SFT data under DPO, or the reverse): the hint is
+    the --objective that fits it, not skipping it."""
+
+    def __init__(self, message: str, objective: str) -> None:
+        super().__init__(message)
+        self.hint = f"train on such data with --objective {objective}"
 
 
 @dataclass(frozen=True)
@@ -92,9 +105,12 @@ def record_turns(record: object, objective: str) -> tuple[Turn, list[Turn]]:
         return messages[:-1], [messages[-1:]]
     missing = [field for field in FIELDS[objective] if field not in record]
     if missing:
-        raise BadRecord(
-            f"missing field{'s' if len(missing) > 1 else ''} {', '.join(repr(f) for f in missing)}"
-        )
+        text = f"missing field{'s' if len(missing) > 1 else ''} {', '.join(repr(f) for f in missing)}"
+        if objective == "dpo" and ("completion" in record or "messages" in record):
+            raise OtherObjective(f"{text}: this is SFT data (prompt + completion, or messages)", "sft")
+        if objective == "sft" and "chosen" in record and "rejected" in record:
+            raise OtherObjective(f"{text}: this is DPO data (prompt, chosen, rejected)", "dpo")
+        raise BadRecord(text)
     prompt, *responses = (_check_turn(record[field], field) for field in FIELDS[objective])
     return prompt, responses
 
@@ -112,6 +128,8 @@ def render(tokenizer: PreTrainedTokenizerBase, prompt: Turn, response: Turn) -> 
             response_messages = response_messages[len(prompt_messages) :]
         if not response_messages:
             raise BadRecord("the response holds no messages beyond the prompt")
+        from jinja2 import TemplateError
+
         try:
             prompt_text = tokenizer.apply_chat_template(
                 prompt_messages, tokenize=False, add_generation_prompt=True
@@ -189,16 +207,18 @@ def check_data(path: str | Path, objective: str, skip_bad_lines: bool = False) -
             record_turns(record, objective)
             usable += 1
         except BadRecord as error:
-            _bad_line(path, number, str(error), skip_bad_lines, report=False)
+            _bad_line(path, number, str(error), skip_bad_lines, report=False, hint=error.hint)
     if not usable:
         raise ClmError(f"{path} holds no usable examples")
     return usable
 
 
-def _bad_line(path: Path, number: int, reason: str, skip: bool, report: bool = True) -> int:
-    """Stop on a bad line, or (with --skip-bad-lines) warn and count it."""
+def _bad_line(
+    path: Path, number: int, reason: str, skip: bool, report: bool = True, hint: str = BadRecord.hint
+) -> int:
+    """Stop on a bad line (saying what to do about it), or (with --skip-bad-lines) warn and count it."""
     if not skip:
-        raise ClmError(f"{path}:{number}: {reason} (use --skip-bad-lines to skip such lines)")
+        raise ClmError(f"{path}:{number}: {reason} ({hint})")
     if report:
         log.warning("skipping %s:%d: %s", path, number, reason)
     return 1
@@ -222,7 +242,7 @@ def load_dataset(
             prompt, responses = record_turns(record, objective)
             rendered = [render(tokenizer, prompt, response) for response in responses]
         except BadRecord as error:
-            skipped += _bad_line(path, number, str(error), skip_bad_lines)
+            skipped += _bad_line(path, number, str(error), skip_bad_lines, hint=error.hint)
             continue
         example, was_cut = truncate(
             Example(rendered[0][0], tuple(r for _, r in rendered)),
@@ -246,6 +266,8 @@ def load_dataset(
 
 def collate(examples: list[Example], pad_id: int, device: torch.device) -> Batch:
     """Right-padded prompt+response sequences for a list of examples."""
+    import torch
+
     count = len(examples[0].responses)
     sequences = [(example.prompt, example.responses[k]) for k in range(count) for example in examples]
     length = max(len(prompt) + len(response) for prompt, response in sequences)

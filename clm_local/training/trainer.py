@@ -2,8 +2,10 @@
 
 1. Refuse bad input early (base, output folder, data) before any weights are loaded.
 2. Load the base, insert P, and check that the model with P still equals the base.
-3. DPO: compute the reference log-probabilities once, with P bypassed (same network, no copy).
-   They are cached in CKPT, so a resumed run does not compute them again.
+3. DPO: compute the reference log-probabilities once, with P bypassed (same network, no copy),
+   of the examples the run reads (the steps it has left, and the eval set): a short run
+   (`--max-steps 2`) computes a few batches, not the whole file. They are cached in CKPT (pairs
+   not computed yet hold NaN), so a resumed or longer run computes only the pairs it lacks.
 4. Train P only (AdamW, gradient clipping at 1.0, TRL's learning-rate schedules), writing metrics
    every step and a checkpoint every `save_every` steps and at the end; `resume` continues from the
    last checkpoint exactly.
@@ -27,10 +29,11 @@ import os
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import torch
 from tqdm import tqdm
@@ -67,6 +70,7 @@ from clm_local.training.options import TrainOptions
 log = logging.getLogger(__name__)
 
 MAX_GRAD_NORM = 1.0
+LOG_EVERY_SHARE = 0.05  # without a terminal, a progress line every 5% of the steps
 IDENTITY_PROBE_TOKENS = 64
 # Settings that decide which batches a step sees: a resumed run must keep them. Manifests written
 # before a key existed hold its old behaviour, given here.
@@ -296,42 +300,81 @@ class Trainer:
             "compute_dtype": dtype_name(self.dtype),
         }
 
+    def _needed_examples(self) -> dict[str, list[int]]:
+        """The examples of each split whose reference log-probs this run reads: those of the
+        steps it has left (every example once they span an epoch) and the whole eval set."""
+        count = len(self.datasets["train"].examples)
+        wanted: set[int] = set()
+        orders: dict[int, list[int]] = {}
+        per_step = self.examples_per_step
+        for step in range(self.step, self.total_steps):
+            epoch, position = divmod(step, self.steps_per_epoch)
+            if epoch not in orders:
+                orders[epoch] = self._epoch_order(epoch)
+            wanted.update(orders[epoch][position * per_step : (position + 1) * per_step])
+            if len(wanted) == count:
+                break
+        needed = {"train": sorted(wanted)}
+        if "eval" in self.datasets:
+            needed["eval"] = list(range(len(self.datasets["eval"].examples)))
+        return needed
+
     def _load_or_compute_reference(self) -> dict[str, torch.Tensor]:
-        """The reference log-probs of every split, from CKPT's cache when it was made for this run."""
+        """The reference log-probs of every split (NaN where this run does not read them), from
+        CKPT's cache where it was made for this run, computed for the examples it lacks."""
         key = self._reference_key()
-        cached = checkpoint.load_reference(self.output, key)
-        usable = cached is not None and set(cached) == set(self.datasets)
+        needed = self._needed_examples()
+        cached = checkpoint.load_reference(self.output, key) or {}
+        reference = {}
+        for split, dataset in self.datasets.items():
+            shape = (len(dataset.examples), 2)
+            held = cached.get(split)
+            usable_cache = held is not None and held.shape == shape
+            reference[split] = held if usable_cache else torch.full(shape, math.nan)
+        missing = {}
+        for split, indices in needed.items():
+            absent = torch.isnan(reference[split]).any(dim=1).tolist()
+            missing[split] = [i for i in indices if absent[i]]
+        usable = not any(missing.values())
         if self.world.all_true(usable, self.device):  # all processes must take the same path
-            log.info("reference log-probs read from %s", self.output / checkpoint.REFERENCE_FILE)
-            return cached
-        reference = {split: self._reference_logps(data) for split, data in self.datasets.items()}
+            if cached:
+                log.info("reference log-probs read from %s", self.output / checkpoint.REFERENCE_FILE)
+            return reference
+        if self.world.distributed:  # the processes may have read different caches: compute alike
+            missing = needed
+        for split, indices in missing.items():
+            if indices:
+                reference[split][indices] = self._reference_logps(self.datasets[split], indices)
         if self.world.is_main:
             checkpoint.save_reference(self.output, reference, key)
         return reference
 
     @torch.no_grad()
-    def _reference_logps(self, dataset: Dataset) -> torch.Tensor:
-        """(examples, 2) reference log-probs of chosen and rejected, from the base (P bypassed).
+    def _reference_logps(self, dataset: Dataset, indices: list[int]) -> torch.Tensor:
+        """(len(indices), 2) reference log-probs of chosen and rejected of these examples, from
+        the base (P bypassed).
 
-        Each process computes every `size`-th example; the sum over processes fills in the rest."""
-        count, size = len(dataset.examples), self.options.batch_size
-        mine = list(range(self.world.rank, count, self.world.size))
-        logps = torch.zeros(count, 2, device=self.device)
-        bar = tqdm(
-            range(0, len(mine), size),
-            desc="reference log-probs",
-            file=sys.stderr,
-            disable=not (self.options.progress and self.world.is_main),
-        )
+        Each process computes every `size`-th of them; the sum over processes fills in the rest."""
+        size = self.options.batch_size
+        mine = list(range(self.world.rank, len(indices), self.world.size))
+        logps = torch.zeros(len(indices), 2, device=self.device)
+        log.info("reference log-probs of %d pairs (the base model's, for the DPO loss)", len(indices))
+        bar = self._progress(range(0, len(mine), size), desc="reference log-probs", unit="batch")
         with bypass_pre_layer(self.model), self._autocast():
             for start in bar:
-                indices = mine[start : start + size]
+                rows = mine[start : start + size]
                 batch = collate(
-                    [dataset.examples[i] for i in indices], self.tokenizer.pad_token_id, self.device
+                    [dataset.examples[indices[row]] for row in rows], self.tokenizer.pad_token_id, self.device
                 )
                 sums, _ = response_logprobs(self.model, batch, self.chunk_tokens)
-                logps[indices] = sums.view(2, -1).T
+                logps[rows] = sums.view(2, -1).T
         return self.world.sum(logps).cpu()
+
+    def _progress(self, iterable: Iterable | None = None, **settings: Any) -> tqdm:
+        """A tqdm bar on a terminal; elsewhere (a log file, a pipe) none: no carriage returns
+        fill the file, and `run` logs a line every LOG_EVERY_SHARE of the steps instead."""
+        shown = self.options.progress and self.world.is_main and sys.stderr.isatty()
+        return tqdm(iterable, file=sys.stderr, disable=not shown, **settings)
 
     # -- one forward ---------------------------------------------------------------------------------
 
@@ -358,13 +401,18 @@ class Trainer:
 
     # -- training ----------------------------------------------------------------------------------
 
-    def _step_indices(self, step: int) -> tuple[list[int], list[int]]:
-        """The examples of optimizer step `step` (a slice of its epoch's seeded permutation, padded
-        to a multiple of the processes as DistributedSampler does) and this process's share of them."""
-        epoch, position = divmod(step, self.steps_per_epoch)
+    def _epoch_order(self, epoch: int) -> list[int]:
+        """The examples of `epoch` in their seeded order, padded to a multiple of the processes as
+        DistributedSampler does."""
         generator = torch.Generator().manual_seed(self.options.seed + epoch)
         order = torch.randperm(len(self.datasets["train"].examples), generator=generator).tolist()
-        order += order[: -len(order) % self.world.size]
+        return order + order[: -len(order) % self.world.size]
+
+    def _step_indices(self, step: int) -> tuple[list[int], list[int]]:
+        """The examples of optimizer step `step` (a slice of its epoch's order) and this process's
+        share of them."""
+        epoch, position = divmod(step, self.steps_per_epoch)
+        order = self._epoch_order(epoch)
         per_step = self.examples_per_step
         step_indices = order[position * per_step : (position + 1) * per_step]
         return step_indices, step_indices[self.world.rank :: self.world.size]
@@ -478,14 +526,13 @@ class Trainer:
         eval_metrics = manifest = None
         started = time.monotonic()
         # Counted in examples (DPO: pairs), so the bar's rate is pairs/s and its ETA the run's end.
-        bar = tqdm(
+        bar = self._progress(
             total=self.total_steps * self.examples_per_step,
             initial=self.step * self.examples_per_step,
             desc=f"{self.options.objective} training",
             unit="pair" if self.options.objective == "dpo" else "example",
-            file=sys.stderr,
-            disable=not (self.options.progress and self.world.is_main),
         )
+        log_every = max(1, math.ceil(self.total_steps * LOG_EVERY_SHARE))
         with self._open_metrics() as metrics_file, bar:
 
             def record(split: str, metrics: dict) -> None:
@@ -505,6 +552,13 @@ class Trainer:
                 record("train", metrics | {"lr": lr})
                 bar.update(self.examples_per_step)
                 bar.set_postfix(_postfix(metrics))
+                if (
+                    bar.disable
+                    and self.options.progress
+                    and (self.step % log_every == 0 or self.step == self.total_steps)
+                ):
+                    summary = ", ".join(f"{name} {value}" for name, value in _postfix(metrics).items())
+                    log.info("step %d/%d: %s", self.step, self.total_steps, summary)
                 if self.step % self.options.save_every == 0 or self.step == self.total_steps:
                     if "eval" in self.datasets:
                         eval_metrics = self.evaluate()
@@ -530,7 +584,8 @@ def train(
 ) -> TrainResult:
     """Train the CLM pre-layer on `base` with the JSONL `data`; write the checkpoint to `output`.
 
-    `base` is a Hugging Face model folder or a GGUF file (Llama and Qwen2 families). Raises ClmError
+    `base` is a Hugging Face model folder or a GGUF file (families: gguf.keys.SUPPORTED_ARCHITECTURES),
+    or `default`, the default model's base GGUF. Raises ClmError
     with a one-line message for every expected failure; bad inputs fail before anything slow, and a
     failed run leaves no empty output folder behind. Started by torchrun, it is one process of a
     data-parallel run (see `distributed.py`).
