@@ -34,7 +34,12 @@ ModelOption = Annotated[
 ONE_SHOT_FIRST_CTX = 64  # a one-shot answer's context until its prompt is measured
 CtxOption = Annotated[int, typer.Option("--ctx", help="Context of the conversation, in tokens.")]
 GpuLayersOption = Annotated[
-    int, typer.Option("--n-gpu-layers", help="Layers to offload to the GPU (GPU builds; 99: all).")
+    int | None,
+    typer.Option(
+        "--n-gpu-layers",
+        help="Layers to offload to the GPU (GPU builds; 99: all; default: CLM_LOCAL_GPU_LAYERS, else 0).",
+        show_default=False,
+    ),
 ]
 
 DEMO_PROMPT = "Give me one tip for staying focused while studying."
@@ -75,7 +80,7 @@ def chat(
     ] = None,
     ctx: CtxOption = 4096,
     threads: Threads = None,
-    n_gpu_layers: GpuLayersOption = 0,
+    n_gpu_layers: GpuLayersOption = None,
 ) -> None:
     """Chat with a CLM model; change alpha and mode as you go (/help inside the chat)."""
     from clm_local.chat import ChatSession, SamplingParams
@@ -143,7 +148,7 @@ def demo(
     from clm_local.chat import ChatSession, SamplingParams
 
     with _warnings_on_stderr():
-        loaded = _load(_model_path(model), ctx=1024, threads=threads, n_gpu_layers=0)
+        loaded = _load(_model_path(model), ctx=1024, threads=threads, n_gpu_layers=None)
         session = ChatSession(
             loaded, sampling=SamplingParams(temp=0.0), max_tokens=max_tokens, notify=lambda _: None
         )
@@ -178,7 +183,7 @@ def _model_path(path: Path | None) -> Path:
 
 
 def _load(
-    path: Path, *, ctx: int, threads: int | None, n_gpu_layers: int, n_sequences: int | None = None
+    path: Path, *, ctx: int, threads: int | None, n_gpu_layers: int | None, n_sequences: int | None = None
 ) -> ClmModel:
     import clm_local
 
@@ -198,7 +203,9 @@ def _one_answer_mode(path: Path, alpha: float | None, mode: str | None) -> str |
     return fewest_sequences_mode(info.alpha_default if alpha is None else alpha, mode or info.mix_default)
 
 
-def _load_for_one_answer(path: Path, mode: str | None, *, threads: int | None, n_gpu_layers: int) -> ClmModel:
+def _load_for_one_answer(
+    path: Path, mode: str | None, *, threads: int | None, n_gpu_layers: int | None
+) -> ClmModel:
     """The model with a small context and, in embed mode, one sequence: creating the KV cache is a
     good part of the time to first token, and one answer needs neither the reference sequence of
     logits mode nor all of --ctx (_fit_to_one_answer sizes the context once the prompt is known)."""

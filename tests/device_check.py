@@ -72,7 +72,9 @@ def main() -> int:
     bench = [*CLI, "bench", "--repeat", "1", "--prompt-tokens", "128", "--gen-tokens", "64", "--json"]
     ok, output, seconds = check(bench, env, 900)
     report("bench", ok, bench_summary(output) + f" ({seconds:.0f} s)" if ok else output[-300:])
-    print(f"device-check {args.backend}: {sum(ok for _, ok, _ in lines)} of {len(lines)} checks passed")
+    passed = sum(ok for _, ok, _ in lines)
+    print(f"device-check ({args.backend}): {passed} of {len(lines)} checks passed")
+    print(f"device-check: {passed} passed, {len(lines) - passed} failed")
     return 0 if all(ok for _, ok, _ in lines) else 1
 
 
