@@ -39,6 +39,27 @@ def run_child(code: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def refusal_in_child(clm_file: Path, call: str, *, after_close: bool = False) -> str:
+    """Run `call` on a loaded model (closed first, if asked) in a child process, which a crash
+    cannot take pytest down with: the ClmError it printed, as `refused: ...`."""
+    result = run_child(
+        f"""
+        import clm_local
+        from clm_local import ClmError
+        with clm_local.load({str(clm_file)!r}, n_ctx=32, n_threads=1) as model:
+            if {after_close!r}:
+                model.logits([1, 2])
+                model.close()
+            try:
+                {call}
+            except ClmError as error:
+                print("refused:", error)
+        """
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout.strip()
+
+
 @pytest.mark.parametrize(
     "call",
     [
@@ -56,20 +77,8 @@ def run_child(code: str) -> subprocess.CompletedProcess[str]:
 )
 def test_every_method_of_a_closed_model_raises(clm_file: Path, call: str) -> None:
     """These used to end the process with SIGSEGV or SIGABRT."""
-    result = run_child(
-        f"""
-        import clm_local
-        from clm_local import ClmError
-        with clm_local.load({str(clm_file)!r}, n_ctx=32, n_threads=1) as model:
-            model.logits([1, 2])
-        try:
-            {call}
-        except ClmError as error:
-            print("refused:", error)
-        """
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip() == "refused: this model is closed (load it again)"
+    refusal = refusal_in_child(clm_file, call, after_close=True)
+    assert refusal == "refused: this model is closed (load it again)"
 
 
 def test_closing_twice_is_harmless(clm_file: Path) -> None:
@@ -221,19 +230,8 @@ def test_gpu_layers_on_a_cpu_build_are_explained(clm_file: Path) -> None:
 )
 def test_a_sequence_id_out_of_range_is_refused(clm_file: Path, call: str) -> None:
     """forget_after(2, 0) on a model of two sequences reached a GGML_ASSERT (abort)."""
-    result = run_child(
-        f"""
-        import clm_local
-        from clm_local import ClmError
-        with clm_local.load({str(clm_file)!r}, n_ctx=32, n_threads=1) as model:
-            try:
-                {call}
-            except ClmError as error:
-                print("refused:", error)
-        """
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.startswith("refused: sequence id") and "out of range" in result.stdout
+    refusal = refusal_in_child(clm_file, call)
+    assert refusal.startswith("refused: sequence id") and "out of range" in refusal
 
 
 def test_a_shared_kv_pool_decodes_any_mix_of_sequences_in_one_forward_pass(clm_file: Path) -> None:
