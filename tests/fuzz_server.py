@@ -33,8 +33,11 @@ kinds are drawn by KINDS' weights:
 Every response must be well-formed HTTP/1.x with a 2xx/4xx/5xx status; every error of a well-formed
 request the OpenAI shape {"error": {"message", "type", "param", "code"}}; a 200 of the API a
 complete answer or valid server-sent events ending in `data: [DONE]`; no 500 (an internal error is
-a bug) and no response slower than HANG_SECONDS. Every BATCH cases the known greedy answer and
-/health are checked (and, with no background client left, that no slot is held). At the end: the
+a bug) and no response slower than HANG_SECONDS. Every BATCH cases the known greedy request and
+/health are checked, and with no background client left, that no slot is held. The known answer
+must be the same text when the server is idle as it checks (nothing held: its cells start at 0,
+as in the first run); beside a background client it must be a complete answer, because llama.cpp's
+attention rounds by cell order and step size, so a near tie may flip (docs/serving.md). At the end: the
 process is alive, its RSS is below RSS_BOUND x its RSS after the first known answer, /metrics
 shows no busy slot, waiting request or reserved KV cache, and stderr holds no traceback.
 Exit status 1 on any failure. `make fuzz-server` is the long run, tests/test_fuzz_server.py the
@@ -1261,13 +1264,14 @@ class Runner:
             self.fail("death", None, f"the server exited ({server.process.returncode}) by case {after}")
             return False
         try:
+            quiet = not any(t.is_alive() for t in self.active) and not self.idle(server, IDLE_SECONDS)
             got = self.known(server)
             health = httpx.get(server.url + "/health", timeout=HANG_SECONDS).json()
         except (httpx.HTTPError, ValueError) as error:
             self.fail("hang", None, f"the check after case {after} failed: {error!r}")
             return server.process.poll() is None
-        self.report.checks["known answer"] += 1
-        if got != answer:
+        self.report.checks["known answer" if quiet else "an answer beside background clients"] += 1
+        if (got != answer) if quiet else (got.startswith("status ") or not got):
             self.fail("wrong", None, f"after case {after} the known answer is {got!r}, not {answer!r}")
         if health.get("status") != "ok":
             self.fail("wrong", None, f"after case {after} /health says {health}")
