@@ -20,5 +20,6 @@ def test_hostile_clients_leave_the_server_serving() -> None:
     assert report.cases == CASES, text
     assert set(report.kinds) == set(KINDS), text  # every kind ran
     answers = report.checks["known answer"] + report.checks["an answer beside background clients"]
-    assert answers >= CASES // 50 and report.checks["known answer"] >= 1 and report.checks["end"] == 1, text
+    # the end's known answer is always compared exactly (every client done, the server idle)
+    assert answers >= CASES // 50 and report.checks["end"] == 1, text
     assert {category: report.count(category) for category in FAILURES} == dict.fromkeys(FAILURES, 0), text
