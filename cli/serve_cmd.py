@@ -35,9 +35,10 @@ def serve(
         int | None,
         typer.Option(
             help="KV-cache positions shared by all slots (default: parallel x ctx). A request reserves "
-            "prompt + max_tokens (at most --ctx) for each of its sequences: two in logits mode at an alpha "
-            "other than 0 and 1, else one. One that does not fit waits for others to finish. "
-            "The cache's memory is this many positions, whatever the requests.",
+            "prompt + max_tokens (at most --ctx, or the pool divided by its sequences) for each of its "
+            "sequences: two in logits mode at an alpha other than 0 and 1, else one. One that does not fit "
+            "waits for others to finish. The cache's memory is this many positions whatever the requests "
+            "(about 23 KiB each for the default model: 381 MiB at the defaults).",
             show_default=False,
         ),
     ] = None,
