@@ -88,7 +88,7 @@ print(json.dumps(dataclasses.asdict(library.status())))
 def bench_summary(output: str) -> str:
     """Decode speed against base of each configuration, from `clm-local bench --json`."""
     try:
-        configs = json.loads(output[output.find("{") :])["configs"]
+        configs = json.JSONDecoder().raw_decode(output[output.find("{") :])[0]["configs"]  # progress follows
         return ", ".join(
             f"{name} {figures['decode_tps']:.1f} tok/s ({figures['vs_base']['decode_tps']:.2f}x)"
             for name, figures in configs.items()
