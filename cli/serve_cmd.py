@@ -92,12 +92,6 @@ def serve(
         api_key = ""
     if api_key is not None and not api_key.strip():
         raise ClmError("--api-key (or CLM_API_KEY) is empty: give a key, or leave both unset for no key")
-    for name, value, low in (
-        ("--parallel", parallel, 1), ("--ctx", ctx, 2), ("--queue", queue, 0),
-        ("--prefill-chunk", prefill_chunk, 1),
-    ):  # fmt: skip
-        if value < low:
-            raise ClmError(f"{name} must be at least {low}, got {value}")
     if kv_size is not None and kv_size < ctx:
         raise ClmError(f"--kv-size ({kv_size}) must hold at least one request of --ctx ({ctx}) positions")
     from clm_local.server import serve as run_server
