@@ -25,7 +25,7 @@ STAMP   := $(VENV)/.setup-$(BACKEND)
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml clm_local/runtime/llama-cpp-pre-layer.patch
+$(STAMP): pyproject.toml clm_local/runtime/llama-cpp-pre-layer.patch clm_local/runtime/build.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"

@@ -19,6 +19,7 @@ class BenchSettings:
     repeat: int = 5
     n_ctx: int = DEFAULT_CTX
     alpha: float = 0.8
+    rpc: tuple[str, ...] = ()  # llama.cpp rpc-servers holding the layers (runtime/rpc.py)
 
     def check(self) -> None:
         """Refuse settings that cannot give a figure, before anything is written or loaded."""

@@ -53,6 +53,7 @@ def run_benchmark(
                     threads=settings.threads,
                     n_ctx=settings.n_ctx,
                     alpha=settings.alpha,
+                    rpc=settings.rpc,
                 )
                 runs[config].append(run_in_subprocess(spec))
     machine["load_average_after"] = load_average()

@@ -63,6 +63,7 @@ class RunSpec:
     threads: int
     n_ctx: int
     alpha: float
+    rpc: tuple[str, ...] = ()
 
     @property
     def files(self) -> BenchFiles:
@@ -89,7 +90,9 @@ def open_config(spec: RunSpec, stack: ExitStack) -> Setup:
     """Load the configuration's models as chat would, closed when `stack` closes."""
 
     def open_model(path: Path, n_sequences: int | None = None) -> ClmModel:
-        model = load(path, n_ctx=spec.n_ctx, n_threads=spec.threads, n_sequences=n_sequences)
+        model = load(
+            path, n_ctx=spec.n_ctx, n_threads=spec.threads, n_sequences=n_sequences, rpc=list(spec.rpc)
+        )
         return stack.enter_context(model)
 
     files = spec.files

@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 from clm_local.benchmarks.settings import BenchSettings
-from clm_local.cli.options import Threads, model_file
+from clm_local.cli.options import Rpc, Threads, model_file
 
 DEFAULTS = BenchSettings()
 
@@ -51,6 +51,7 @@ def bench(
         bool, typer.Option("--first-token", help="Also: time to first token from a cold process.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
+    rpc: Rpc = None,
 ) -> None:
     """Prefill and decode speed and peak memory: base, embed, logits and two_model."""
     from clm_local.benchmarks.busy import format_busy, run_busy
@@ -59,6 +60,7 @@ def bench(
     from clm_local.benchmarks.suite import run_benchmark
 
     from clm_local import default_model
+    from clm_local.runtime.rpc import parse_endpoints
 
     settings = BenchSettings(
         prompt_tokens=prompt_tokens,
@@ -67,6 +69,7 @@ def bench(
         repeat=repeat,
         n_ctx=ctx,
         alpha=alpha,
+        rpc=tuple(parse_endpoints(rpc)) if rpc is not None else (),
     )
     settings.check()  # before the default model is fetched
     if model is not None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from clm_local.cli.options import Mode, Threads, model_file
+from clm_local.cli.options import Mode, Rpc, Threads, model_file
 from clm_local.cli.pipes import reader_may_leave
 
 if TYPE_CHECKING:
@@ -81,6 +81,7 @@ def chat(
     ctx: CtxOption = 4096,
     threads: Threads = None,
     n_gpu_layers: GpuLayersOption = None,
+    rpc: Rpc = None,
 ) -> None:
     """Chat with a CLM model; change alpha and mode as you go (/help inside the chat)."""
     from clm_local.chat import ChatSession, SamplingParams
@@ -108,10 +109,10 @@ def chat(
     with _warnings_on_stderr():
         path = _model_path(model)
         if text is None:
-            loaded = _load(path, ctx=ctx, threads=threads, n_gpu_layers=n_gpu_layers)
+            loaded = _load(path, ctx=ctx, threads=threads, n_gpu_layers=n_gpu_layers, rpc=rpc)
         else:
             mode = _one_answer_mode(path, alpha, mode)
-            loaded = _load_for_one_answer(path, mode, threads=threads, n_gpu_layers=n_gpu_layers)
+            loaded = _load_for_one_answer(path, mode, threads=threads, n_gpu_layers=n_gpu_layers, rpc=rpc)
         messages = [] if system is None else [{"role": "system", "content": system}]
         session = ChatSession(
             loaded,
@@ -183,12 +184,18 @@ def _model_path(path: Path | None) -> Path:
 
 
 def _load(
-    path: Path, *, ctx: int, threads: int | None, n_gpu_layers: int | None, n_sequences: int | None = None
+    path: Path,
+    *,
+    ctx: int,
+    threads: int | None,
+    n_gpu_layers: int | None,
+    n_sequences: int | None = None,
+    rpc: str | None = None,
 ) -> ClmModel:
     import clm_local
 
     return clm_local.load(
-        path, n_ctx=ctx, n_threads=threads, n_gpu_layers=n_gpu_layers, n_sequences=n_sequences
+        path, n_ctx=ctx, n_threads=threads, n_gpu_layers=n_gpu_layers, n_sequences=n_sequences, rpc=rpc
     )
 
 
@@ -204,7 +211,7 @@ def _one_answer_mode(path: Path, alpha: float | None, mode: str | None) -> str |
 
 
 def _load_for_one_answer(
-    path: Path, mode: str | None, *, threads: int | None, n_gpu_layers: int | None
+    path: Path, mode: str | None, *, threads: int | None, n_gpu_layers: int | None, rpc: str | None
 ) -> ClmModel:
     """The model with a small context and, in embed mode, one sequence: creating the KV cache is a
     good part of the time to first token, and one answer needs neither the reference sequence of
@@ -215,6 +222,7 @@ def _load_for_one_answer(
         threads=threads,
         n_gpu_layers=n_gpu_layers,
         n_sequences=1 if mode == "embed" else None,
+        rpc=rpc,
     )
 
 

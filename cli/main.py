@@ -10,7 +10,16 @@ from __future__ import annotations
 import sys
 
 import typer
-from clm_local.cli import bench_cmd, chat_cmd, convert_cmd, recipe_cmd, runtime_cmd, serve_cmd, train_cmd
+from clm_local.cli import (
+    bench_cmd,
+    chat_cmd,
+    convert_cmd,
+    recipe_cmd,
+    rpc_cmd,
+    runtime_cmd,
+    serve_cmd,
+    train_cmd,
+)
 from clm_local.cli.options import use_plain_usage
 
 from clm_local.errors import ClmError
@@ -34,7 +43,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for module in (runtime_cmd, train_cmd, convert_cmd, chat_cmd, recipe_cmd, bench_cmd, serve_cmd):
+for module in (runtime_cmd, train_cmd, convert_cmd, chat_cmd, recipe_cmd, bench_cmd, serve_cmd, rpc_cmd):
     module.register(app)
 use_plain_usage(app)
 

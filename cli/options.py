@@ -26,6 +26,16 @@ Mode = Annotated[
         help="logits (the paper's mix) or embed (one pass) (default: the file's).", show_default=False
     ),
 ]
+Rpc = Annotated[
+    str | None,
+    typer.Option(
+        "--rpc",
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="llama.cpp rpc-servers (`clm-local rpc-server` on each host) that hold the model's layers, "
+        "before any local GPU. Unauthenticated and unencrypted: a trusted network or a tunnel only.",
+        show_default=False,
+    ),
+]
 
 
 class Command(TyperCommand):

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from clm_local.cli.options import Threads, model_file
+from clm_local.cli.options import Rpc, Threads, model_file
 
 
 def register(app: typer.Typer) -> None:
@@ -81,6 +81,7 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    rpc: Rpc = None,
 ) -> None:
     """Serve the model over HTTP: OpenAI's API with an `alpha` field, and a web page at /."""
     from clm_local.errors import ClmError
@@ -94,12 +95,15 @@ def serve(
         raise ClmError("--api-key (or CLM_API_KEY) is empty: give a key, or leave both unset for no key")
     if kv_size is not None and kv_size < ctx:
         raise ClmError(f"--kv-size ({kv_size}) must hold at least one request of --ctx ({ctx}) positions")
+    from clm_local.runtime.rpc import parse_endpoints
     from clm_local.server import serve as run_server
+
+    endpoints = parse_endpoints(rpc) if rpc is not None else []
 
     path = None if model is None else model_file(model)
     run_server(
         path, host=host, port=port, parallel=parallel, ctx=ctx, kv_size=kv_size, threads=threads,
         api_key=api_key, mode=mode, max_queue=queue, prefill_chunk=prefill_chunk,
         allowed_hosts=allowed_host or (),
-        cors_origins=cors_origin or (),
+        cors_origins=cors_origin or (), rpc=endpoints,
     )  # fmt: skip

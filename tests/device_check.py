@@ -3,8 +3,9 @@
 One summary line per check, then exit 0 only if every check passed:
 1. build: `clm-local runtime install --backend BACKEND` (the wheel cache makes a second run quick);
 2. offload: the installed build reports GPU offload (cuda, metal) or none (cpu);
-3. tests: the runtime, family and server tests with every layer offloaded
-   (CLM_LOCAL_GPU_LAYERS=99 reaches every model the tests and their servers load);
+3. tests: the runtime, family, server and RPC tests with every layer offloaded
+   (CLM_LOCAL_GPU_LAYERS=99 reaches every model the tests and their servers load; the
+   rpc-servers the RPC test starts compute on the GPU too);
 4. bench: `clm-local bench` on the default model, offloaded, with its ratios.
 CI runs it with BACKEND=cpu, so the script itself cannot rot. To report a GPU result, paste the
 summary lines (and `clm-local runtime status`) into an issue.
@@ -27,6 +28,7 @@ TESTS = [
     "tests/test_families.py",
     "tests/test_server.py",
     "tests/test_server_batching.py",
+    "tests/test_rpc.py",
 ]
 CLI = [sys.executable, "-m", "clm_local.cli.main"]
 

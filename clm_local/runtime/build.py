@@ -3,14 +3,18 @@
 The steps, each cached so only the first set-up pays for the compile:
 1. fetch the pinned llama-cpp-python sdist from PyPI (it vendors llama.cpp);
 2. apply `llama-cpp-pre-layer.patch` to `vendor/llama.cpp` (a failing hunk is named);
-3. build a wheel for the chosen backend (CPU, Metal or CUDA compile flags);
-4. keep the wheel under the cache, keyed by version, patch hash, backend and machine;
-5. pip-install it into the running Python environment.
+3. build a wheel for the chosen backend (CPU, Metal or CUDA compile flags), always with llama.cpp's
+   RPC backend, and compile llama.cpp's `rpc-server` against the wheel's own libraries;
+4. keep both under the cache, keyed by version, patch hash, build options, backend and machine;
+5. pip-install the wheel into the running Python environment, with `ggml-rpc-server` beside its
+   libraries (`clm-local rpc-server` runs it).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.util
 import json
 import os
 import platform
@@ -20,6 +24,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,9 +34,12 @@ from clm_local.files import cache_dir
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 PATCH_FILE = Path(__file__).with_name("llama-cpp-pre-layer.patch")
 BUILD_INFO_NAME = "clm_local_build.json"  # written into the llama_cpp package of the wheel
+RPC_SERVER_NAME = "ggml-rpc-server"  # llama.cpp's own target name for tools/rpc/rpc-server.cpp
 
-# Only the shared libraries the Python package loads: no llava/mtmd, tools, tests or examples.
+# Only the shared libraries the Python package loads (no llava/mtmd, tools, tests or examples),
+# plus the RPC backend, so that one model can be split across machines (`--rpc`).
 _COMMON_CMAKE_ARGS = [
+    "-DGGML_RPC=ON",
     "-DLLAVA_BUILD=OFF",
     "-DLLAMA_BUILD_TESTS=OFF",
     "-DLLAMA_BUILD_EXAMPLES=OFF",
@@ -52,12 +60,16 @@ class BuildKey:
 
     version: str
     patch_sha256: str
+    options_sha256: str  # of the CMake arguments: a new build option is a new build
     backend: str
     machine: str
 
     @property
     def folder_name(self) -> str:
-        return f"llama_cpp_python-{self.version}-{self.patch_sha256[:12]}-{self.backend}-{self.machine}"
+        return (
+            f"llama_cpp_python-{self.version}-{self.patch_sha256[:12]}-{self.options_sha256[:8]}"
+            f"-{self.backend}-{self.machine}"
+        )
 
 
 def patch_sha256() -> str:
@@ -65,10 +77,15 @@ def patch_sha256() -> str:
     return hashlib.sha256(PATCH_FILE.read_bytes()).hexdigest()
 
 
+def cmake_args(backend: str) -> list[str]:
+    return [*_COMMON_CMAKE_ARGS, *BACKEND_CMAKE_ARGS[backend]]
+
+
 def build_key(backend: str) -> BuildKey:
     if backend not in BACKEND_CMAKE_ARGS:
         raise ClmError(f"unknown backend {backend!r}: choose one of {', '.join(BACKEND_CMAKE_ARGS)}")
-    return BuildKey(LLAMA_CPP_PYTHON_VERSION, patch_sha256(), backend, platform.machine().lower())
+    options = hashlib.sha256(" ".join(cmake_args(backend)).encode()).hexdigest()
+    return BuildKey(LLAMA_CPP_PYTHON_VERSION, patch_sha256(), options, backend, platform.machine().lower())
 
 
 def _run(
@@ -146,13 +163,16 @@ def build_wheel(key: BuildKey, jobs: int) -> Path:
             archive.extractall(tmp, filter="data")
         source = Path(tmp) / f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}"
         apply_patch(source / "vendor" / "llama.cpp")
-        build_info = {"version": key.version, "patch_sha256": key.patch_sha256, "backend": key.backend}
+        build_info = {
+            "version": key.version,
+            "patch_sha256": key.patch_sha256,
+            "backend": key.backend,
+            "rpc": True,
+        }
         (source / "llama_cpp" / BUILD_INFO_NAME).write_text(json.dumps(build_info, indent=2) + "\n")
 
         env = dict(os.environ)
-        env["CMAKE_ARGS"] = " ".join(
-            [*_COMMON_CMAKE_ARGS, *BACKEND_CMAKE_ARGS[key.backend], env.get("CMAKE_ARGS", "")]
-        ).strip()
+        env["CMAKE_ARGS"] = " ".join([*cmake_args(key.backend), env.get("CMAKE_ARGS", "")]).strip()
         env["CMAKE_BUILD_PARALLEL_LEVEL"] = str(jobs)
         staging = Path(tmp) / "wheel"
         log = cache_dir() / "build.log"
@@ -171,15 +191,58 @@ def build_wheel(key: BuildKey, jobs: int) -> Path:
         if len(wheels) != 1:
             raise ClmError(f"the build produced {len(wheels)} wheels instead of one (log: {log})")
         out_dir.mkdir(parents=True, exist_ok=True)
-        final = out_dir / wheels[0].name
+        server = build_rpc_server(source / "vendor" / "llama.cpp", wheels[0], Path(tmp))
+        shutil.copy2(server, out_dir / f"{RPC_SERVER_NAME}.partial")
+        os.replace(out_dir / f"{RPC_SERVER_NAME}.partial", out_dir / RPC_SERVER_NAME)
+        final = out_dir / wheels[0].name  # last: a folder with a wheel is a finished build
         shutil.copy2(wheels[0], final.with_suffix(".partial"))
         os.replace(final.with_suffix(".partial"), final)
         return final
 
 
+def build_rpc_server(llama_cpp_dir: Path, wheel: Path, tmp: Path) -> Path:
+    """Compile llama.cpp's tools/rpc/rpc-server.cpp against the ggml libraries inside `wheel`.
+
+    One source file that links ggml only: compiling it here costs seconds, where enabling
+    llama.cpp's tools in the wheel's CMake build would compile every tool. Its run path is its own
+    folder, so installed beside the wheel's libraries it loads exactly those.
+    """
+    libs = tmp / "wheel-libs"
+    with zipfile.ZipFile(wheel) as archive:
+        for name in archive.namelist():
+            if name.startswith("llama_cpp/lib/"):
+                archive.extract(name, libs)
+    lib_dir = libs / "llama_cpp" / "lib"
+    origin = "@loader_path" if sys.platform == "darwin" else "$ORIGIN"
+    out = tmp / RPC_SERVER_NAME
+    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    if compiler is None:
+        raise ClmError("a C++ compiler is needed to build the runtime (c++, g++ or clang++)")
+    _run(
+        [
+            compiler,
+            "-O2",
+            "-std=c++17",
+            f"-I{llama_cpp_dir / 'ggml' / 'include'}",
+            str(llama_cpp_dir / "tools" / "rpc" / "rpc-server.cpp"),
+            f"-L{lib_dir}",
+            "-lggml",
+            "-lggml-base",
+            "-pthread",
+            f"-Wl,-rpath,{origin}",
+            *([] if sys.platform == "darwin" else [f"-Wl,-rpath-link,{lib_dir}"]),
+            "-o",
+            str(out),
+        ],
+        what="compiling llama.cpp's rpc-server",
+    )
+    return out
+
+
 def cached_wheel(key: BuildKey) -> Path | None:
-    wheels = sorted((cache_dir() / "wheels" / key.folder_name).glob("*.whl"))
-    return wheels[-1] if wheels else None
+    folder = cache_dir() / "wheels" / key.folder_name
+    wheels = sorted(folder.glob("*.whl"))
+    return wheels[-1] if wheels and (folder / RPC_SERVER_NAME).is_file() else None
 
 
 def install(backend: str = "cpu", *, rebuild: bool = False, jobs: int | None = None) -> Path:
@@ -195,4 +258,19 @@ def install(backend: str = "cpu", *, rebuild: bool = False, jobs: int | None = N
         [sys.executable, "-m", "pip", "install", "--no-deps", "--force-reinstall", str(wheel)],
         what="installing the runtime wheel",
     )
+    installed = installed_library_dir()
+    if installed is None:
+        raise ClmError(f"pip installed {wheel.name} but Python cannot find llama_cpp afterwards")
+    target = installed / RPC_SERVER_NAME
+    shutil.copy2(wheel.with_name(RPC_SERVER_NAME), target.with_suffix(".partial"))
+    os.replace(target.with_suffix(".partial"), target)
     return wheel
+
+
+def installed_library_dir() -> Path | None:
+    """The installed llama_cpp package's lib folder (found without importing llama_cpp)."""
+    importlib.invalidate_caches()
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "lib"

@@ -15,6 +15,7 @@ import json
 import os
 import sys
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -39,7 +40,8 @@ class RuntimeStatus:
     has_hook: bool
     backend: str | None
     patch_sha256: str | None
-    gpu_offload: bool
+    gpu_offload: bool  # a local GPU llama.cpp can offload layers to
+    rpc: bool  # llama.cpp's RPC backend is built in (`--rpc`)
 
 
 def _import_llama_cpp() -> ModuleType:
@@ -146,22 +148,77 @@ def n_ubatch_computed(context: ctypes.c_void_p) -> int:
     return int(llama()._lib.llama_n_ubatch_computed(context))
 
 
+# ggml's backend registry, for what llama.h does not say: which devices are local GPUs, and RPC.
+GGML_BACKEND_DEVICE_TYPE_GPU = 1
+GGML_BACKEND_DEVICE_TYPE_IGPU = 2
+ABORT_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_char_p)  # ggml_abort_callback_t
+RPC_ADD_SERVER = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_char_p)  # ggml_backend_rpc_add_server
+
+
+@cache
+def ggml() -> ctypes.CDLL:
+    """libggml as loaded by llama_cpp, with the registry functions clm-local uses typed."""
+    llama()  # the hook check, and llama_backend_init
+    from llama_cpp._ggml import libggml
+
+    signatures = {
+        "ggml_backend_dev_count": ([], ctypes.c_size_t),
+        "ggml_backend_dev_get": ([ctypes.c_size_t], ctypes.c_void_p),
+        "ggml_backend_dev_type": ([ctypes.c_void_p], ctypes.c_int),
+        "ggml_backend_dev_backend_reg": ([ctypes.c_void_p], ctypes.c_void_p),
+        "ggml_backend_reg_by_name": ([ctypes.c_char_p], ctypes.c_void_p),
+        "ggml_backend_reg_get_proc_address": ([ctypes.c_void_p, ctypes.c_char_p], ctypes.c_void_p),
+        "ggml_backend_reg_dev_count": ([ctypes.c_void_p], ctypes.c_size_t),
+        "ggml_backend_reg_dev_get": ([ctypes.c_void_p, ctypes.c_size_t], ctypes.c_void_p),
+        "ggml_set_abort_callback": ([ABORT_CALLBACK], ABORT_CALLBACK),
+    }
+    for name, (argtypes, restype) in signatures.items():
+        function = getattr(libggml, name)
+        function.argtypes, function.restype = argtypes, restype
+    return libggml
+
+
+def local_gpu_devices() -> list[int]:
+    """This machine's GPUs as llama.cpp picks them by default: the discrete ones, else the
+    integrated ones (RPC devices are never in the registry: clm-local does not register them)."""
+    lib = ggml()
+    devices = [lib.ggml_backend_dev_get(i) for i in range(lib.ggml_backend_dev_count())]
+    gpus = [d for d in devices if lib.ggml_backend_dev_type(d) == GGML_BACKEND_DEVICE_TYPE_GPU]
+    return gpus or [d for d in devices if lib.ggml_backend_dev_type(d) == GGML_BACKEND_DEVICE_TYPE_IGPU]
+
+
+def supports_rpc() -> bool:
+    return bool(ggml().ggml_backend_reg_by_name(b"RPC"))
+
+
+def rpc_add_server_function() -> Callable[[bytes], int | None]:
+    """ggml_backend_rpc_add_server: connects to one server and returns its registry (one per endpoint)."""
+    lib = ggml()
+    name = b"ggml_backend_rpc_add_server"
+    address = lib.ggml_backend_reg_get_proc_address(lib.ggml_backend_reg_by_name(b"RPC"), name)
+    if not address:
+        raise ClmError(f"this llama.cpp build's RPC backend lacks {name.decode()}: {INSTALL_HINT}")
+    return RPC_ADD_SERVER(address)
+
+
 def status() -> RuntimeStatus:
     """Describe the installed runtime without raising: for `clm-local runtime status`."""
     try:
         bindings = _import_llama_cpp()
     except ClmError:
-        return RuntimeStatus(None, None, False, None, None, False)
+        return RuntimeStatus(None, None, False, None, None, False, False)
     import llama_cpp
 
     package_dir = Path(llama_cpp.__file__).parent
     build_info_file = package_dir / "clm_local_build.json"
     build_info = json.loads(build_info_file.read_text()) if build_info_file.exists() else {}
+    has_hook = _has_hook(bindings._lib)
     return RuntimeStatus(
         llama_cpp_python=llama_cpp.__version__,
         library_path=getattr(bindings._lib, "_name", None),
-        has_hook=_has_hook(bindings._lib),
+        has_hook=has_hook,
         backend=build_info.get("backend"),
         patch_sha256=build_info.get("patch_sha256"),
-        gpu_offload=bool(bindings.llama_supports_gpu_offload()),
+        gpu_offload=bool(has_hook and local_gpu_devices()),
+        rpc=bool(bindings.llama_supports_rpc()),
     )

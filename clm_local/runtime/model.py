@@ -36,10 +36,12 @@ from clm_local.gguf.keys import (
     MIX_MODES,
 )
 from clm_local.runtime import library
+from clm_local.runtime import rpc as rpc_backend
 from clm_local.runtime.threads import ThreadTuner, candidate_counts, usable_cores
 
 ALIGNED_SEQ = 0  # in logits mode: coefficient 1 (the aligned path); in embed mode: the only sequence
 REFERENCE_SEQ = 1  # in logits mode: coefficient 0 (the base model's path)
+ALL_LAYERS = 999  # n_gpu_layers that offloads every layer (llama.cpp caps it at the model's count)
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 LLAMA_VOCAB_TYPE_NONE = 0  # llama.h: a vocabulary of token ids without text
 
@@ -169,7 +171,9 @@ class ClmModel:
     per llama_decode, and `n_batch` counts the tokens of a whole call rather than one sequence's.
     The caller keeps the sequences' total within the pool (a full pool fails the decode).
     `n_threads` fixes the CPU threads; by default decoding uses every usable core and fewer while
-    other programs take some (runtime/threads.py).
+    other programs take some (runtime/threads.py). `rpc` lists llama.cpp rpc-servers
+    ("HOST:PORT") that hold the offloaded layers before any local GPU (runtime/rpc.py); with it,
+    `n_gpu_layers` defaults to every layer.
 
     One thread at a time: a call from a second thread while the first is inside a method raises
     ClmError (a server owns the model from one thread). Every method of a closed model raises
@@ -187,6 +191,7 @@ class ClmModel:
         n_batch: int = 512,
         n_sequences: int | None = None,
         kv_pool: int | None = None,
+        rpc: str | Sequence[str] | None = None,
     ) -> None:
         self._model = self._context = self._batch = None
         self._guard = threading.Lock()  # protects _owner and _depth, held only briefly
@@ -198,13 +203,15 @@ class ClmModel:
             raise ClmError("n_ctx, n_batch and kv_pool must be positive")
         if n_threads is not None and n_threads < 1:
             raise ClmError(f"n_threads must be at least 1, got {n_threads}")
+        self.rpc = rpc_backend.parse_endpoints(rpc) if rpc else []
         asked = n_gpu_layers is not None
-        n_gpu_layers = n_gpu_layers if asked else gpu_layers_from_environment()
+        if not asked:
+            n_gpu_layers = ALL_LAYERS if self.rpc else gpu_layers_from_environment()
         if n_gpu_layers < 0:
             raise ClmError(f"n_gpu_layers must be 0 or more (99: all layers), got {n_gpu_layers}")
         self._llama = library.llama()
         self._warned_plain = False
-        if asked and n_gpu_layers and not self._llama.llama_supports_gpu_offload():
+        if asked and n_gpu_layers and not self.rpc and not library.local_gpu_devices():
             warnings.warn(
                 f"n_gpu_layers={n_gpu_layers} has no effect: this llama.cpp build has no GPU backend "
                 "(clm-local runtime install --backend cuda or metal)",
@@ -213,6 +220,10 @@ class ClmModel:
 
         model_params = self._llama.llama_model_default_params()
         model_params.n_gpu_layers = n_gpu_layers
+        if self.rpc:  # llama.cpp's own order: the servers first, then this machine's GPUs
+            devices = rpc_backend.rpc_devices(self.rpc) + library.local_gpu_devices()
+            self._devices = rpc_backend.device_array(devices)  # alive while llama.cpp reads it
+            model_params.devices = ctypes.cast(self._devices, ctypes.c_void_p)
         self._model = self._llama.llama_model_load_from_file(str(path).encode(), model_params)
         if not self._model:
             raise ClmError(f"llama.cpp could not load {path}: {library.last_log_error()}")

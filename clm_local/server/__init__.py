@@ -17,7 +17,7 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 
 from clm_local.errors import ClmError
@@ -54,6 +54,7 @@ def create_app(
     allowed_hosts: Collection[str] | None = (),
     cors_origins: Collection[str] = (),
     on_death: Callable[[str], None] | None = None,
+    rpc: Sequence[str] = (),
 ) -> Starlette:
     """The ASGI app serving `model` (default: the embedded default model).
 
@@ -62,7 +63,8 @@ def create_app(
     a logits-mode request at an alpha other than 0 and 1 uses two sequences); mode: the default
     for requests that do not say (default: the file's); max_queue: requests waiting beyond the
     slots before 503; prefill_chunk: prompt tokens decoded per step; allowed_hosts and
-    cors_origins: see app.build_app; on_death: told why, should the scheduler thread die.
+    cors_origins: see app.build_app; on_death: told why, should the scheduler thread die; rpc:
+    llama.cpp rpc-servers ("HOST:PORT") that hold the model's layers.
     The model is loaded when the app starts (or call `app.state.scheduler.start()` first).
     """
     if mode is not None:
@@ -80,6 +82,7 @@ def create_app(
         max_queue=max_queue,
         prefill_chunk=prefill_chunk,
         on_death=on_death,
+        rpc=rpc,
     )
     return build_app(
         scheduler, api_key=api_key, default_mode=mode, allowed_hosts=allowed_hosts, cors_origins=cors_origins

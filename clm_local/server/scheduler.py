@@ -39,7 +39,7 @@ import threading
 import traceback
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -275,6 +275,7 @@ class Scheduler:
         max_queue: int = 16,
         prefill_chunk: int = 128,
         on_death: Callable[[str], None] | None = None,
+        rpc: Sequence[str] = (),
     ) -> None:
         kv_size = parallel * n_ctx if kv_size is None else kv_size
         for name, value, low in (
@@ -291,6 +292,7 @@ class Scheduler:
         self.n_ctx = n_ctx
         self.kv_size = kv_size
         self.n_threads = n_threads
+        self.rpc = list(rpc)  # llama.cpp rpc-servers holding the model's layers (runtime/rpc.py)
         self.max_queue = max_queue
         per_slot = 2 if self.info.is_clm else 1  # sequences a request may use
         # prompt tokens x sequences in one step (at least one token of one request)
@@ -370,6 +372,7 @@ class Scheduler:
                 n_sequences=self.parallel * self._per_slot,
                 kv_pool=self.kv_size,
                 n_batch=self.step_tokens,
+                rpc=self.rpc,
             )
             with warnings.catch_warnings(record=True) as said:  # "no chat template": say it once, here
                 warnings.simplefilter("always")
