@@ -34,7 +34,9 @@ def status() -> None:
     typer.echo(f"library:          {found.library_path}")
     typer.echo(f"backend:          {found.backend or 'unknown (not built by clm-local)'}")
     typer.echo(f"gpu offload:      {'yes' if found.gpu_offload else 'no'}")
-    typer.echo(f"rpc (--rpc):      {'yes' if found.rpc else 'no (an older build: clm-local runtime install)'}")
+    typer.echo(
+        f"rpc (--rpc):      {'yes' if found.rpc else 'no (an older build: clm-local runtime install)'}"
+    )
     typer.echo(f"pre-layer hook:   {'present' if found.has_hook else 'MISSING'}")
     if found.patch_sha256:
         typer.echo(f"patch:            {found.patch_sha256[:12]} ({patch_state})")
