@@ -82,6 +82,14 @@ def serve(
         ),
     ] = None,
     rpc: Rpc = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where the Teach page's preference pairs and trained dials go (a sub-folder per base "
+            "model). Default: $XDG_DATA_HOME/clm-local, else ~/.local/share/clm-local.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve the model over HTTP: OpenAI's API with an `alpha` field, and a web page at /."""
     from clm_local.errors import ClmError
@@ -105,5 +113,5 @@ def serve(
         path, host=host, port=port, parallel=parallel, ctx=ctx, kv_size=kv_size, threads=threads,
         api_key=api_key, mode=mode, max_queue=queue, prefill_chunk=prefill_chunk,
         allowed_hosts=allowed_host or (),
-        cors_origins=cors_origin or (), rpc=endpoints,
+        cors_origins=cors_origin or (), rpc=endpoints, data_dir=data_dir,
     )  # fmt: skip

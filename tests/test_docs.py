@@ -78,7 +78,10 @@ def run(words: list[str], folder: Path, stdin: str | None = None) -> subprocess.
 def check_with_help(words: list[str], folder: Path) -> None:
     """The subcommand exists and every option the page names is one of its options."""
     options = [w.split("=")[0] for w in words if w.startswith("--")]
-    subcommand = [w for w in words[: 3 if words[0] == "clm-local" else 2] if not w.startswith("-")]
+    if words[:2] == [".venv/bin/python", "-m"]:  # a module's own command line
+        subcommand = words[:3]
+    else:
+        subcommand = [w for w in words[: 3 if words[0] == "clm-local" else 2] if not w.startswith("-")]
     result = run([*subcommand, "--help"], folder)
     assert result.returncode == 0, result.stderr
     for option in options:

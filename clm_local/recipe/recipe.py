@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from clm_local.errors import ClmError
 
 if TYPE_CHECKING:
-    from clm_local.training.trainer import TrainResult
+    from clm_local.training.trainer import StepCallback, TrainResult
 
 
 @dataclass(frozen=True)
@@ -122,8 +122,20 @@ def run_default_recipe(work: Path, settings: RecipeSettings, *, ship: bool, forc
     return out
 
 
-def train_pre_layer(base: Path, data: Path, checkpoint: Path, settings: RecipeSettings) -> TrainResult:
-    """P trained on `data` with the recipe's settings: optional SFT on the chosen answers, then DPO."""
+def train_pre_layer(
+    base: Path,
+    data: Path,
+    checkpoint: Path,
+    settings: RecipeSettings,
+    *,
+    eval_data: Path | None = None,
+    on_step: StepCallback | None = None,
+) -> TrainResult:
+    """P trained on `data` with the recipe's settings: optional SFT on the chosen answers, then DPO.
+
+    eval_data: preference pairs the DPO run measures P on at its end (never trained on); on_step:
+    told after every optimizer step of both runs (training.trainer.StepCallback).
+    """
     from clm_local.training import TrainOptions, train
 
     common = {
@@ -138,16 +150,17 @@ def train_pre_layer(base: Path, data: Path, checkpoint: Path, settings: RecipeSe
     if settings.sft_epochs:
         init_from = checkpoint.with_name(checkpoint.name + "-sft")
         sft = TrainOptions(objective="sft", lr=settings.sft_lr, epochs=settings.sft_epochs, **common)
-        train(base, chosen_answers(data), init_from, sft)
+        train(base, chosen_answers(data), init_from, sft, on_step=on_step)
     dpo = TrainOptions(
         objective="dpo",
         beta=settings.beta,
         lr=settings.lr,
         epochs=settings.epochs,
         init_from=init_from,
+        eval_data=eval_data,
         **common,
     )
-    return train(base, data, checkpoint, dpo)
+    return train(base, data, checkpoint, dpo, on_step=on_step)
 
 
 def peak_rss_bytes() -> int:

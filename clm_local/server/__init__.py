@@ -31,6 +31,8 @@ except ImportError as missing:  # pragma: no cover - depends on the installed ex
 from clm_local.server.app import build_app
 from clm_local.server.protocol import DeadlineH11Protocol
 from clm_local.server.scheduler import Scheduler
+from clm_local.teach.folders import default_data_dir
+from clm_local.teach.settings import TeachSettings, settings_from_environment
 
 GRACE_SECONDS = 5  # on SIGINT/SIGTERM, in-flight requests get this long to finish
 # uvicorn's own limit, a backstop for a flood: requests beyond the slots and queue get the
@@ -55,6 +57,8 @@ def create_app(
     cors_origins: Collection[str] = (),
     on_death: Callable[[str], None] | None = None,
     rpc: Sequence[str] = (),
+    data_dir: str | Path | None = None,
+    teach_settings: TeachSettings | None = None,
 ) -> Starlette:
     """The ASGI app serving `model` (default: the embedded default model).
 
@@ -64,7 +68,10 @@ def create_app(
     for requests that do not say (default: the file's); max_queue: requests waiting beyond the
     slots before 503; prefill_chunk: prompt tokens decoded per step; allowed_hosts and
     cors_origins: see app.build_app; on_death: told why, should the scheduler thread die; rpc:
-    llama.cpp rpc-servers ("HOST:PORT") that hold the model's layers.
+    llama.cpp rpc-servers ("HOST:PORT") that hold the model's layers; data_dir: where the teach
+    routes keep preference pairs and trained dials (default: teach.folders.default_data_dir();
+    nothing is written there until a pair is posted); teach_settings: how they train (default:
+    TeachSettings with CLM_LOCAL_TEACH_SETTINGS's overrides).
     The model is loaded when the app starts (or call `app.state.scheduler.start()` first).
     """
     if mode is not None:
@@ -85,7 +92,13 @@ def create_app(
         rpc=rpc,
     )
     return build_app(
-        scheduler, api_key=api_key, default_mode=mode, allowed_hosts=allowed_hosts, cors_origins=cors_origins
+        scheduler,
+        api_key=api_key,
+        default_mode=mode,
+        allowed_hosts=allowed_hosts,
+        cors_origins=cors_origins,
+        data_dir=Path(data_dir).expanduser() if data_dir is not None else default_data_dir(),
+        teach_settings=teach_settings or settings_from_environment(),
     )
 
 
@@ -152,13 +165,22 @@ def serve(
                 bound = listener.getsockname()
                 name = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
                 ready(f"http://{name}:{bound[1]}/")
+                if app.state.teacher is not None:
+                    folder = app.state.teacher.data_dir
+                    print(
+                        f"clm-local: preference pairs and trained dials go to {folder}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
 
     server = Server(config)
     try:
         with _stop_signals_end_the_run():
             server.run(sockets=[listener])
     finally:
-        app.state.scheduler.stop()
+        if app.state.teacher is not None:
+            app.state.teacher.shutdown()  # a training process does not outlive its server
+        app.state.serving.stop()
         listener.close()
     if died:
         raise ClmError(f"the scheduler stopped ({died[0]}); the server exits so that it can be restarted")

@@ -19,9 +19,10 @@ import dataclasses
 import hmac
 import json
 import sys
+import threading
 import traceback
 import uuid
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,6 @@ from starlette.staticfiles import StaticFiles
 from clm_local.errors import ClmError
 from clm_local.server.openai_api import (
     ApiError,
-    Defaults,
     Reply,
     include_usage,
     parse_chat,
@@ -45,6 +45,10 @@ from clm_local.server.openai_api import (
     usage,
 )
 from clm_local.server.scheduler import Failed, Finished, Job, Piece, QueueFull, Scheduler
+from clm_local.server.serving import Serving
+from clm_local.server.teach_api import teach_routes
+from clm_local.teach.settings import TeachSettings
+from clm_local.teach.teacher import Teacher
 
 MAX_BODY_BYTES = 1 << 20
 MAX_JSON_DEPTH = 32  # an OpenAI body nests 4 deep (messages[i].content[j].text)
@@ -63,22 +67,24 @@ def build_app(
     default_mode: str | None = None,
     allowed_hosts: Collection[str] | None = (),
     cors_origins: Collection[str] = (),
+    data_dir: Path | None = None,
+    teach_settings: TeachSettings | None = None,
 ) -> Starlette:
     """The app around a scheduler; its lifespan starts the scheduler (if not yet) and stops it.
 
     allowed_hosts: Host names answered besides the loopback ones; None answers any Host (a
     server the user exposed on purpose). cors_origins: web origins allowed to call the API from
-    their pages (none by default: only the server's own page).
+    their pages (none by default: only the server's own page). data_dir: the teach routes'
+    folder (/v1/clm/..., clm_local.teach; none without it), teach_settings: their training's.
+    The served model may be switched (`app.state.serving`): each handler asks `serving` for the
+    model of now.
     """
     if api_key is not None and not api_key.strip():
         raise ClmError("the API key is empty: give a non-empty key, or none for no authentication")
-    info = scheduler.info
-    defaults = Defaults(
-        alpha=info.alpha_default,
-        mode=default_mode or info.mix_default,
-        n_ctx=scheduler.n_ctx,
-        model_id=Path(info.path).name.removesuffix(".gguf"),
-    )
+    serving = Serving(scheduler, default_mode)
+    teacher = None
+    if data_dir is not None:
+        teacher = Teacher(data_dir, scheduler.model_path, serving.switch, teach_settings)
 
     def check_key(request: Request) -> None:
         if api_key is None:
@@ -91,6 +97,8 @@ def build_app(
 
     async def models(request: Request) -> Response:
         check_key(request)
+        scheduler, defaults = serving.scheduler, serving.defaults
+        info = scheduler.info
         entry = {
             "id": defaults.model_id,
             "object": "model",
@@ -109,6 +117,7 @@ def build_app(
     async def chat_completions(request: Request) -> Response:
         check_key(request)
         body = await _json_body(request)
+        scheduler, defaults = serving.scheduler, serving.defaults
         generation, stream = parse_chat(body, defaults)
         if not scheduler.running:
             raise ApiError(503, "the server is not running", kind="server_error")
@@ -117,21 +126,24 @@ def build_app(
         except ClmError as error:
             raise ApiError(400, str(error), param="messages") from None
         generation = dataclasses.replace(generation, messages=None, prompt=text, add_special=add_special)
-        return await _serve(request, scheduler, Reply(True, generation, defaults), generation, stream, body)
+        return await _serve(request, serving, Reply(True, generation, defaults), generation, stream, body)
 
     async def completions(request: Request) -> Response:
         check_key(request)
         body = await _json_body(request)
+        defaults = serving.defaults
         generation, stream = parse_completion(body, defaults)
-        return await _serve(request, scheduler, Reply(False, generation, defaults), generation, stream, body)
+        return await _serve(request, serving, Reply(False, generation, defaults), generation, stream, body)
 
     async def health(request: Request) -> Response:
+        scheduler = serving.scheduler
         in_flight, waiting = scheduler.load()
         state = {
             "status": "ok" if scheduler.running else "failed" if scheduler.failure else "stopped",
             "slots": scheduler.parallel,
             "slots_busy": in_flight - waiting,
             "waiting": waiting,
+            "model": scheduler.model_path.name,
         }
         if scheduler.failure:
             state["error"] = scheduler.failure
@@ -139,16 +151,22 @@ def build_app(
 
     async def metrics(request: Request) -> Response:
         check_key(request)
-        return PlainTextResponse(_prometheus(scheduler))
+        return PlainTextResponse(_prometheus(serving))
 
     async def page(request: Request) -> Response:
         return FileResponse(WEB_DIR / "index.html")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await asyncio.to_thread(scheduler.start)
+        await asyncio.to_thread(serving.scheduler.start)
+        if teacher is not None:  # hash a plain base now, not at the first teach request
+            threading.Thread(
+                target=_quietly, args=(teacher.prepare,), name="clm-teach-prepare", daemon=True
+            ).start()
         yield
-        await asyncio.to_thread(scheduler.stop)
+        if teacher is not None:
+            teacher.shutdown()
+        await asyncio.to_thread(serving.stop)
 
     app = Starlette(
         routes=[
@@ -158,6 +176,7 @@ def build_app(
             Route("/v1/models", models),
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/completions", completions, methods=["POST"]),
+            *(teach_routes(teacher, check_key, _json_body) if teacher is not None else []),
             Mount("/static", StaticFiles(directory=WEB_DIR), name="static"),
         ],
         middleware=[
@@ -167,7 +186,7 @@ def build_app(
                     Middleware(
                         CORSMiddleware,
                         allow_origins=list(cors_origins),
-                        allow_methods=["GET", "POST"],
+                        allow_methods=["GET", "POST", "DELETE"],
                         allow_headers=["authorization", "content-type"],
                     )
                 ]
@@ -178,13 +197,23 @@ def build_app(
         exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _server_error},
         lifespan=lifespan,
     )
-    app.state.scheduler = scheduler
+    app.state.scheduler = scheduler  # the model served at start (`serving.scheduler`: the one of now)
+    app.state.serving = serving
+    app.state.teacher = teacher
     return app
+
+
+def _quietly(work: Callable[[], object]) -> None:
+    """Run `work` in a background thread; a failure is said again by the request that needs it."""
+    try:
+        work()
+    except Exception:  # noqa: BLE001
+        pass
 
 
 async def _serve(
     request: Request,
-    scheduler: Scheduler,
+    serving: Serving,
     reply: Reply,
     generation: Any,
     stream: bool,
@@ -192,7 +221,7 @@ async def _serve(
 ) -> Response:
     job = Job(generation, asyncio.get_running_loop())
     try:
-        scheduler.submit(job)
+        serving.submit(job)
     except QueueFull as full:
         raise ApiError(
             503, f"the server is busy ({full}); try again shortly", kind="server_overloaded",
@@ -402,9 +431,11 @@ async def _server_error(request: Request, error: Exception) -> Response:
     return JSONResponse(ApiError(500, message, kind="server_error").body(), status_code=500)
 
 
-def _prometheus(scheduler: Scheduler) -> str:
-    """The scheduler's counters in Prometheus' text format."""
-    metrics = scheduler.metrics
+def _prometheus(serving: Serving) -> str:
+    """The counters of every model served since the start, and the current model's gauges, in
+    Prometheus' text format."""
+    scheduler = serving.scheduler
+    metrics = serving.metrics()
     in_flight, waiting = scheduler.load()
     rows = [  # (name, type, help, value)
         ("clm_decode_steps_total", "counter", "llama_decode calls of the scheduler", metrics.decode_steps),

@@ -277,6 +277,8 @@ class Scheduler:
         on_death: Callable[[str], None] | None = None,
         rpc: Sequence[str] = (),
     ) -> None:
+        # Every setting but the model, as given: `for_model` serves another file with the same ones.
+        self._settings = {key: value for key, value in locals().items() if key not in ("self", "model_path")}
         kv_size = parallel * n_ctx if kv_size is None else kv_size
         for name, value, low in (
             ("parallel", parallel, 1), ("ctx", n_ctx, 2), ("kv_size", kv_size, 2),
@@ -313,6 +315,7 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._slots: list[Slot] = []
         self._next_prefill = 0  # the slot whose prompt goes first in the next step (round robin)
+        self._draining = False  # refusing new jobs until those in flight are answered, then stopping
 
     # -- used from other threads ------------------------------------------------------------------
 
@@ -335,6 +338,20 @@ class Scheduler:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def for_model(self, model_path: str | Path) -> Scheduler:
+        """A scheduler (not started) for another model file with this one's settings: what a
+        server switching models without a restart builds (ClmError for a file that is no model)."""
+        return Scheduler(model_path, **self._settings)
+
+    def drain(self) -> None:
+        """Refuse new jobs (QueueFull), wait until every job in flight is answered, then stop:
+        how a replaced model finishes what it started while the new one takes the new requests."""
+        with self._lock:
+            self._draining = True
+            while self._in_flight and not self._stopping:
+                self._lock.wait(1.0)  # also wakes should the thread have died meanwhile
+        self.stop()
+
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and not self._stopping
@@ -344,6 +361,8 @@ class Scheduler:
         with self._lock:
             if self._stopping or not self._ready.is_set():
                 raise QueueFull("the server is not running")
+            if self._draining:
+                raise QueueFull("this model is being replaced")
             if self._in_flight >= self.parallel + self.max_queue:
                 raise QueueFull(f"all {self.parallel} slots are busy and {self.max_queue} requests wait")
             self._in_flight += 1
@@ -648,6 +667,8 @@ class Scheduler:
     def _release(self, job: Job) -> None:
         with self._lock:
             self._in_flight -= 1
+            if self._draining:
+                self._lock.notify_all()  # drain() waits for the last one
 
 
 def internal_error(doing: str) -> Failed:

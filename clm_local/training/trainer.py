@@ -29,7 +29,7 @@ import os
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +76,10 @@ IDENTITY_PROBE_TOKENS = 64
 # before a key existed hold its old behaviour, given here.
 RESUME_KEYS = ("seed", "batch_size", "grad_accum", "max_length", "max_prompt_length", "processes")
 RESUME_KEY_DEFAULTS = {"processes": 1}
+# Told after every optimizer step: (objective, step, total_steps, the step's train metrics). Why:
+# a caller that reports progress elsewhere (`clm_local.teach`'s JSON lines) needs each step's
+# numbers as they happen, not the log's every-5% summary.
+StepCallback = Callable[[str, int, int, dict], None]
 
 
 @dataclass(frozen=True)
@@ -135,10 +139,13 @@ class Trainer:
         output: str | Path,
         options: TrainOptions,
         world: World = SINGLE,
+        *,
+        on_step: StepCallback | None = None,
     ) -> None:
         options.validate()
         self.options = options
         self.world = world
+        self.on_step = on_step
         self.output = Path(output)
         source = resolve_base(base)
         self.architecture = base_architecture(source)
@@ -548,6 +555,8 @@ class Trainer:
             while self.step < self.total_steps:
                 lr = self.optimizer.param_groups[0]["lr"]  # this step's, from the schedule
                 metrics = self._train_step()
+                if self.on_step is not None:  # before the save: raising here keeps a bad P out of CKPT
+                    self.on_step(self.options.objective, self.step, self.total_steps, metrics)
                 window.append(metrics)
                 record("train", metrics | {"lr": lr})
                 bar.update(self.examples_per_step)
@@ -580,7 +589,12 @@ def _postfix(metrics: dict) -> dict:
 
 
 def train(
-    base: str | Path, data: str | Path, output: str | Path, options: TrainOptions | None = None
+    base: str | Path,
+    data: str | Path,
+    output: str | Path,
+    options: TrainOptions | None = None,
+    *,
+    on_step: StepCallback | None = None,
 ) -> TrainResult:
     """Train the CLM pre-layer on `base` with the JSONL `data`; write the checkpoint to `output`.
 
@@ -588,11 +602,12 @@ def train(
     or `default`, the default model's base GGUF. Raises ClmError
     with a one-line message for every expected failure; bad inputs fail before anything slow, and a
     failed run leaves no empty output folder behind. Started by torchrun, it is one process of a
-    data-parallel run (see `distributed.py`).
+    data-parallel run (see `distributed.py`). `on_step(objective, step, total_steps, metrics)` hears
+    every optimizer step (the step's train metrics); an exception it raises ends the run.
     """
     options = options or TrainOptions()
     check_inputs(base, data, options)
     with process_group(resolve_device(options.device)) as world:  # torchrun: one of several processes
         cleanup = removed_if_left_empty(Path(output)) if world.is_main else nullcontext()
         with cleanup:
-            return Trainer(base, data, output, options, world).run()
+            return Trainer(base, data, output, options, world, on_step=on_step).run()
