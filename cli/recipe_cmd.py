@@ -70,35 +70,77 @@ def tune(
 @recipe_app.command("compare")
 def compare(
     work: WorkFolder,
-    alphas: str = typer.Option(
-        "0.5,1,1.25,1.5,2,3", help="Comma-separated alphas of CLM and the two-model mix."
-    ),
+    seeds: Annotated[int, typer.Option(help="Trainings per system at its chosen learning rate.")] = 3,
+    clm_lrs: Annotated[
+        str, typer.Option(help="CLM's learning-rate grid for the sweep (comma-separated).")
+    ] = "2.5e-6,5e-6,1e-5",
+    full_lrs: Annotated[
+        str, typer.Option(help="Full-model DPO's learning-rate grid for the sweep (comma-separated).")
+    ] = "6.25e-7,1.25e-6,2.5e-6",
+    alphas: str = typer.Option("0.5,1,1.5,2,3", help="Comma-separated alphas of CLM, DeRa and ExPO."),
     n_prompts: Annotated[
         int | None, typer.Option(help="Held-out prompts to answer (default: all).", show_default=False)
     ] = None,
-    max_tokens: Annotated[int, typer.Option(help="Token limit of an answer.")] = 128,
+    max_tokens: Annotated[int, typer.Option(help="Token limit of an answer (sweep and held out).")] = 128,
+    sweep_only: Annotated[
+        bool, typer.Option(help="Stop once the sweep has chosen (sweep.json), before any held-out answer.")
+    ] = False,
+    publish: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also copy the report to this folder as fair-compare.{json,md,png}.", show_default=False
+        ),
+    ] = None,
     quick: Annotated[
-        bool, typer.Option(help="A CI-sized run: 3 prompts, alphas 1 and 2, 16 tokens.")
+        bool,
+        typer.Option(
+            help="A CI-sized run in WORK/compare-quick: 2 CLM rates and 1 full-DPO rate, 2 seeds, "
+            "3 prompts, alphas 1 and 2, 16 tokens."
+        ),
     ] = False,
     threads: Threads = None,
 ) -> None:
-    """CLM against full-model DPO and the two-model mix, on WORK's pairs and held-out prompts."""
+    """CLM against full-model DPO (DeRa mix, ExPO) and the base, each at its best learning rate.
+
+    A learning-rate sweep picks each system's rate on the dev prompts by the rule in
+    recipe/sweep.py; then each system trains SEEDS times and answers the held-out prompts. Resumable:
+    run it again after a stop and it keeps every finished training and answer set (WORK/compare).
+    """
     from clm_local.recipe import compare as comparison
 
-    settings = {"alphas": _float_list(alphas), "n_prompts": n_prompts, "max_tokens": max_tokens}
+    settings = {
+        "alphas": _float_list(alphas),
+        "n_prompts": n_prompts,
+        "max_tokens": max_tokens,
+        "seeds": seeds,
+        "lrs": {"clm": _float_list(clm_lrs, "--clm-lrs"), "full-dpo": _float_list(full_lrs, "--full-lrs")},
+    }
+    folder = work / "compare"
     if quick:
         settings |= comparison.QUICK
+        folder = work / "compare-quick"
     if settings["n_prompts"] is not None and settings["n_prompts"] < 1:
         raise ClmError("--n-prompts must be at least 1")
-    comparison.run_compare(work, threads=threads, **settings)
-    typer.echo((work / "compare" / "compare.md").read_text(), nl=False)
+    if any(lr <= 0 for grid in settings["lrs"].values() for lr in grid) or not all(settings["lrs"].values()):
+        raise ClmError("--clm-lrs and --full-lrs take positive learning rates")
+    report = comparison.run_compare(work, threads=threads, folder=folder, sweep_only=sweep_only, **settings)
+    if sweep_only:
+        from clm_local.recipe.sweep import format_sweep
+
+        typer.echo(format_sweep(report["sweep"]))
+        typer.echo(f"chosen: {json.dumps(report['sweep']['chosen'])} (in {folder / 'sweep.json'})")
+    else:
+        typer.echo((folder / "compare.md").read_text(), nl=False)
+    if publish is not None:
+        for path in comparison.publish(folder, publish):
+            typer.echo(f"wrote {path}")
 
 
-def _float_list(text: str) -> list[float]:
+def _float_list(text: str, option: str = "--alphas") -> list[float]:
     try:
         return [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise ClmError(f"--alphas takes comma-separated numbers, got {text!r}") from None
+        raise ClmError(f"{option} takes comma-separated numbers, got {text!r}") from None
 
 
 def eval_alpha(

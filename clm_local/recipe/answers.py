@@ -20,6 +20,7 @@ limit, and whether it loops (quality guard 2, independent of the base model).
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -216,3 +217,15 @@ def measure(
         for text, ppl, answer in zip(texts, perplexities, answers, strict=True)
     ]
     return measures, texts
+
+
+def decode_speed(source: LogitSource, prompt: list[int], alpha: float, tokens: int) -> float:
+    """Tokens per second of one answer decoded alone (slot 0) after `prompt`, greedy, `tokens` long
+    whatever the model would end with (the prompt's prefill not counted): what a single chat sees."""
+    source.begin(0, alpha)
+    row = source.decode({0: list(prompt)})[0]
+    started, done = time.perf_counter(), 0
+    while done < tokens and np.isfinite(row).all():
+        row = source.decode({0: [int(np.argmax(row))]})[0]
+        done += 1
+    return done / (time.perf_counter() - started) if done else math.nan

@@ -50,14 +50,17 @@ class Verdict:
     words_at_2: float | None  # in the best passing mode
 
 
+def guards_hold(cell: Cell, base: Cell) -> bool:
+    """Both quality guards of the rule (point 1), on a cell's means against the base model's."""
+    return (
+        cell.base_ppl.mean <= GUARD_FACTOR * base.base_ppl.mean
+        and cell.loops.mean <= GUARD_FACTOR * base.loops.mean + 1 / cell.n
+    )
+
+
 def mode_passes(cells: list[Cell], system: str, base: Cell) -> bool:
     words = [find(cells, system, alpha).words.mean for alpha in TUNE_ALPHAS]
-    top = find(cells, system, TUNE_ALPHAS[-1])
-    return (
-        words[0] > words[1] > words[2]
-        and top.base_ppl.mean <= GUARD_FACTOR * base.base_ppl.mean
-        and top.loops.mean <= GUARD_FACTOR * base.loops.mean + 1 / top.n
-    )
+    return words[0] > words[1] > words[2] and guards_hold(find(cells, system, TUNE_ALPHAS[-1]), base)
 
 
 def judge(candidate: str, cells: list[Cell], base: Cell) -> Verdict:
