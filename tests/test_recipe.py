@@ -88,8 +88,8 @@ def test_eval_alpha_returns_well_formed_rows(tmp_path: Path) -> None:
         (1.5, "embed"),
     ]
     for row in rows:
-        assert set(row) == {"system", "alpha", "n", "words", "base_ppl", "ended", "loops"}
-        assert row["n"] == 2 and row["words"]["mean"] > 0
+        assert set(row) == {"system", "alpha", "n", "seeds", "words", "base_ppl", "ended", "loops"}
+        assert row["n"] == 2 and row["seeds"] == 1 and row["words"]["mean"] > 0
         assert math.isfinite(row["base_ppl"]["mean"]) and row["base_ppl"]["low"] >= 1
     assert plot.stat().st_size > 1000
 
