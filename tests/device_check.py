@@ -69,7 +69,13 @@ def main() -> int:
     pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *TESTS]
     ok, output, seconds = check(pytest, env, 1200)
     summary = [line for line in output.splitlines() if re.search(r"\d+ (passed|failed)", line)]
-    report("tests", ok, f"{summary[-1] if summary else output[-300:]} ({seconds:.0f} s)")
+    failed = [
+        line.removeprefix("FAILED ").split(" - ")[0]
+        for line in output.splitlines()
+        if line.startswith("FAILED ")
+    ]
+    named = f"; failed: {', '.join(failed)}" if failed else ""
+    report("tests", ok, f"{summary[-1] if summary else output[-300:]} ({seconds:.0f} s){named}")
 
     bench = [*CLI, "bench", "--repeat", "1", "--prompt-tokens", "128", "--gen-tokens", "64", "--json"]
     ok, output, seconds = check(bench, env, 900)
