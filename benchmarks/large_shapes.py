@@ -47,6 +47,7 @@ from pathlib import Path
 
 import gguf
 import numpy as np
+from clm_local.benchmarks.machine import load_average
 from gguf import GGMLQuantizationType, GGUFValueType
 
 from clm_local.errors import ClmError
@@ -502,7 +503,7 @@ def run_rows(args: argparse.Namespace, base: Path, progress: Callable[[str], Non
             for repack, timer in timers.items():
                 for rows in ROWS:
                     seconds[(repack, rows)].append(timer.step_seconds(rows, args.row_steps))
-            progress(f"round {round_ + 1}/{args.repeat} done, load average {os.getloadavg()[0]:.1f}")
+            progress(f"round {round_ + 1}/{args.repeat} done, load average {load_average()[0]:.1f}")
     finally:
         for timer in timers.values():
             timer.close()
@@ -517,7 +518,7 @@ def run_rows(args: argparse.Namespace, base: Path, progress: Callable[[str], Non
         "weight_bytes_by_type": by_type,
         "weight_bytes": total_bytes,
         "bandwidth": bandwidth,
-        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "load_average_after": load_average(),
         "steps": {},
     }
     for repack in timers:

@@ -45,6 +45,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from clm_local.teach.folders import write_json
+
 READY_PREFIX = "clm-local serving on "
 START_TIMEOUT_S = 300
 ALPHAS = (0.0, 0.5, 1.0, 1.5, 2.0)
@@ -303,12 +305,6 @@ def summarise(answers: Sequence[dict[str, Any]], alphas: Sequence[float]) -> lis
 
 
 # -- output --------------------------------------------------------------------------------------
-
-
-def write_json(path: Path, result: dict[str, Any]) -> None:
-    partial = path.with_suffix(path.suffix + ".partial")
-    partial.write_text(json.dumps(result, indent=1) + "\n")
-    partial.replace(path)
 
 
 def _interval(interval: dict[str, float], digits: int) -> str:

@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import re
 import sys
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from clm_local.errors import ClmError
-from clm_local.teach.folders import BaseFolder, fsync_folder
+from clm_local.teach.folders import BaseFolder, write_json
 
 FORMAT = "clm-local-dials"
 VERSION = 1
@@ -144,15 +142,7 @@ class DialRegistry:
         path = self.folder.registry
         path.parent.mkdir(parents=True, exist_ok=True)
         data = {"format": FORMAT, "version": VERSION, "dials": [vars(d) for d in dials]}
-        with tempfile.NamedTemporaryFile(
-            "w", dir=path.parent, prefix=".dials-", suffix=".tmp", delete=False, encoding="utf-8"
-        ) as out:
-            json.dump(data, out, indent=1, ensure_ascii=False)
-            out.write("\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(out.name, path)
-        fsync_folder(path.parent)
+        write_json(path, data, durable=True)
 
 
 def dial_from_report(report: Any) -> Dial:

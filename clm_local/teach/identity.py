@@ -18,9 +18,7 @@ renamed base finds its old folder (`same_base`, `base_folder`).
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ from clm_local.errors import ClmError
 from clm_local.files import cache_dir, sha256_file
 from clm_local.gguf.check import check_gguf
 from clm_local.gguf.keys import KEY_PRE_LAYER_COUNT, PREFIX_BASE
+from clm_local.teach.folders import write_json
 
 ID_HASH_CHARS = 12
 MAX_SLUG_CHARS = 48
@@ -84,11 +83,7 @@ class HashCache:
         if not self.path.parent.is_dir():
             return  # a server that was only started writes nothing: the data folder comes with a pair
         try:
-            with tempfile.NamedTemporaryFile(
-                "w", dir=self.path.parent, prefix=".hashes-", suffix=".tmp", delete=False, encoding="utf-8"
-            ) as out:
-                json.dump(entries, out, indent=1)
-            os.replace(out.name, self.path)
+            write_json(self.path, entries)
         except OSError:
             pass  # only a cache: the next start hashes again
 
@@ -176,9 +171,6 @@ def locate_base(identity: BaseIdentity, served: Path, record: Path, hashes: Hash
 def _remember(record: Path, base: Path, identity: BaseIdentity) -> None:
     try:
         record.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps({"path": str(base.resolve()), "sha256": identity.sha256, "name": identity.name})
-        partial = record.with_suffix(".tmp")
-        partial.write_text(text + "\n", encoding="utf-8")
-        os.replace(partial, record)
+        write_json(record, {"path": str(base.resolve()), "sha256": identity.sha256, "name": identity.name})
     except OSError:
         pass  # a convenience: the next training looks again

@@ -28,7 +28,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -39,6 +38,7 @@ from typing import IO, Any
 
 from clm_local.errors import ClmError
 from clm_local.teach.dials import REPORT_FILE
+from clm_local.teach.folders import write_json
 from clm_local.teach.settings import TeachSettings, plan
 
 try:
@@ -135,7 +135,7 @@ def run(spec: dict[str, Any], emit: Emit) -> dict[str, Any]:
         "settings": asdict(settings),
         "seconds": seconds,
     }
-    _write_json(dial_dir / REPORT_FILE, report)
+    write_json(dial_dir / REPORT_FILE, report)
     emit(event="done", report=report)
     return report
 
@@ -216,15 +216,6 @@ def _rounded(metrics: dict[str, Any]) -> dict[str, float]:
 def _count_lines(path: Path) -> int:
     with path.open("rb") as handle:
         return sum(1 for line in handle if line.strip())
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    with tempfile.NamedTemporaryFile(
-        "w", dir=path.parent, prefix=".report-", suffix=".tmp", delete=False, encoding="utf-8"
-    ) as out:
-        json.dump(data, out, indent=1, ensure_ascii=False)
-        out.write("\n")
-    os.replace(out.name, path)
 
 
 class _exclusive:
