@@ -368,71 +368,41 @@ def run_bench(args: argparse.Namespace, clm: Path, progress: Callable[[str], Non
 
 
 class RowTimer:
-    """A plain GGUF in a context of len(ROWS) sequences, for timing one decode step of k rows."""
+    """A plain GGUF with room for len(ROWS) sequences, for timing one decode step of k rows."""
 
     def __init__(self, path: Path, *, repack: bool, threads: int, n_ctx: int, prompt: int) -> None:
-        from clm_local.runtime import library
+        from clm_local.runtime.model import ClmModel
 
-        self.llama = library.llama()
-        self.library = library
-        params = self.llama.llama_model_default_params()
-        params.n_gpu_layers = 0
-        params.use_extra_bufts = repack  # llama.cpp's weight repacking (llama-cli --no-repack: off)
-        self.model = self.llama.llama_model_load_from_file(str(path).encode(), params)
-        if not self.model:
-            raise ClmError(f"llama.cpp could not load {path}: {library.last_log_error()}")
         self.n_seq = max(ROWS)
-        context = self.llama.llama_context_default_params()
-        context.n_ctx = n_ctx * self.n_seq
-        context.n_seq_max = self.n_seq
-        context.n_batch = context.n_ubatch = 512
-        context.n_threads = context.n_threads_batch = threads
-        self.context = self.llama.llama_init_from_model(self.model, context)
-        if not self.context:
-            raise ClmError(f"llama.cpp could not create a context: {library.last_log_error()}")
-        self.batch = self.llama.llama_batch_init(512, 0, 1)
-        self.position = [0] * self.n_seq
-        vocab = self.llama.llama_model_get_vocab(self.model)
-        self.n_vocab = int(self.llama.llama_vocab_n_tokens(vocab))
+        self.model = ClmModel(
+            path, n_ctx=n_ctx, n_threads=threads, n_gpu_layers=0, n_sequences=self.n_seq, repack=repack
+        )
         rng = np.random.default_rng(SEED)
         for seq in range(self.n_seq):  # every sequence holds a prompt, as in a conversation
-            self.decode({seq: [int(t) for t in rng.integers(0, min(self.n_vocab, 32000), prompt)]})
-
-    def decode(self, tokens_by_seq: dict[int, list[int]]) -> None:
-        n = 0
-        for seq, tokens in tokens_by_seq.items():
-            for i, token in enumerate(tokens):
-                self.batch.token[n] = token
-                self.batch.pos[n] = self.position[seq]
-                self.batch.n_seq_id[n] = 1
-                self.batch.seq_id[n][0] = seq
-                self.batch.logits[n] = i == len(tokens) - 1
-                self.position[seq] += 1
-                n += 1
-        self.batch.n_tokens = n
-        status = self.llama.llama_decode(self.context, self.batch)
-        if status != 0:
-            raise ClmError(f"llama_decode failed ({status}): {self.library.last_log_error()}")
+            tokens = [int(t) for t in rng.integers(0, min(self.model.n_vocab, 32000), prompt)]
+            self.model.decode({seq: tokens}, check=False)
 
     def step_seconds(self, rows: int, steps: int) -> tuple[float, float]:
         """(wall, CPU) seconds of one decode step that appends a token to each of `rows` sequences,
         the mean over `steps`. CPU time is the process's, every thread's: on a shared machine it
         does not count the time other programs hold the cores (with one thread, llama.cpp computes
         in this thread and spins nowhere, so it is the step's own work)."""
-        before = self.library.n_ubatch_computed(self.context)
+        before = self.model.forward_passes
         started, cpu_started = time.perf_counter(), time.process_time()
         for step in range(steps):
-            self.decode({seq: [(step * 7 + seq) % 1000 + 100] for seq in range(rows)})
+            self.model.decode({seq: [(step * 7 + seq) % 1000 + 100] for seq in range(rows)}, check=False)
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-        ubatches = self.library.n_ubatch_computed(self.context) - before
-        if ubatches != steps:
-            raise ClmError(f"{rows} rows took {ubatches} forward passes for {steps} steps: not one batch")
+        passes = self.model.forward_passes - before
+        if passes != steps:
+            raise ClmError(f"{rows} rows took {passes} forward passes for {steps} steps: not one batch")
         return elapsed / steps, cpu / steps
 
+    def positions_left(self) -> int:
+        """Positions still free in the fullest sequence."""
+        return self.model.n_ctx - max(self.model.next_position(seq) for seq in range(self.n_seq))
+
     def close(self) -> None:
-        self.llama.llama_batch_free(self.batch)
-        self.llama.llama_free(self.context)
-        self.llama.llama_model_free(self.model)
+        self.model.close()
 
 
 def memory_bandwidth(threads: int, mib: int = 1024, repeat: int = 7) -> dict[str, float]:
@@ -550,7 +520,7 @@ def run_spin(args: argparse.Namespace, base: Path, progress: Callable[[str], Non
         timer.step_seconds(args.rows, 2)
         progress(f"spinning: {args.rows} rows a step for {args.seconds} s (pid {os.getpid()})")
         deadline, steps = time.perf_counter() + args.seconds, 0
-        while time.perf_counter() < deadline and max(timer.position) < 4096 - 16:
+        while time.perf_counter() < deadline and timer.positions_left() > 16:
             timer.step_seconds(args.rows, 8)
             steps += 8
         progress(f"{steps} steps")

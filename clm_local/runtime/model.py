@@ -173,7 +173,9 @@ class ClmModel:
     `n_threads` fixes the CPU threads; by default decoding uses every usable core and fewer while
     other programs take some (runtime/threads.py). `rpc` lists llama.cpp rpc-servers
     ("HOST:PORT") that hold the offloaded layers before any local GPU (runtime/rpc.py); with it,
-    `n_gpu_layers` defaults to every layer.
+    `n_gpu_layers` defaults to every layer. `repack` off loads the weights as stored, without
+    llama.cpp's CPU repacking into interleaved layouts (llama-cli's --no-repack), for measuring
+    what the repacked kernels change.
 
     One thread at a time: a call from a second thread while the first is inside a method raises
     ClmError (a server owns the model from one thread). Every method of a closed model raises
@@ -192,6 +194,7 @@ class ClmModel:
         n_sequences: int | None = None,
         kv_pool: int | None = None,
         rpc: str | Sequence[str] | None = None,
+        repack: bool = True,
     ) -> None:
         self._model = self._context = self._batch = None
         self._guard = threading.Lock()  # protects _owner and _depth, held only briefly
@@ -220,6 +223,7 @@ class ClmModel:
 
         model_params = self._llama.llama_model_default_params()
         model_params.n_gpu_layers = n_gpu_layers
+        model_params.use_extra_bufts = repack
         if self.rpc:  # llama.cpp's own order: the servers first, then this machine's GPUs
             devices = rpc_backend.rpc_devices(self.rpc) + library.local_gpu_devices()
             self._devices = rpc_backend.device_array(devices)  # alive while llama.cpp reads it
