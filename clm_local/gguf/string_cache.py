@@ -17,10 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import mmap
-import os
 from pathlib import Path
 
-from clm_local.files import cache_dir
+from clm_local.files import cache_dir, write_text
 
 MIN_ITEMS = 4096
 FORMAT = 1
@@ -70,9 +69,7 @@ class StringArrayCache:
             return
         try:
             self.file.parent.mkdir(parents=True, exist_ok=True)
-            temporary = self.file.with_suffix(f".{os.getpid()}.tmp")
-            temporary.write_text(json.dumps({**self.identity, "arrays": self.arrays}))
-            temporary.replace(self.file)
+            write_text(self.file, json.dumps({**self.identity, "arrays": self.arrays}))
         except OSError:
             pass
 

@@ -21,6 +21,7 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 
 from clm_local.errors import ClmError
+from clm_local.files import write_json, write_text
 from clm_local.recipe.answers import (
     ClmSource,
     LogitSource,
@@ -183,10 +184,10 @@ class AnswerStore:
                 }
         for record in records:
             record["seed"] = seed
-        (self.folder / f"{key}.meta.json").write_text(json.dumps(meta, indent=1) + "\n")
-        temporary = path.with_name(path.name + ".partial")
-        temporary.write_text("".join(json.dumps(record) + "\n" for record in records))
-        temporary.replace(path)  # last: the set is finished
+        write_json(self.folder / f"{key}.meta.json", meta)
+        write_text(
+            path, "".join(json.dumps(record) + "\n" for record in records)
+        )  # last: the set is finished
         return records
 
     def meta(self, key: str) -> dict:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from clm_local.chat.sampling import Sampler, SamplingParams
 from clm_local.chat.template import ChatTemplate
+from clm_local.files import write_text
 from clm_local.recipe.answers import answer_text
 from clm_local.recipe.preference import Sample, rank
 from clm_local.runtime.model import ClmModel
@@ -86,7 +87,5 @@ def build_preference_data(
             pairs.append({"prompt": prompt, "chosen": ranked[0], "rejected": ranked[1]})
         print(f"\r  sampled {index + 1}/{len(prompts)} prompts, {len(pairs)} pairs", end="", file=sys.stderr)
     print(file=sys.stderr)
-    partial = out.with_suffix(".partial")
-    partial.write_text("".join(json.dumps(pair, ensure_ascii=False) + "\n" for pair in pairs))
-    partial.replace(out)
+    write_text(out, "".join(json.dumps(pair, ensure_ascii=False) + "\n" for pair in pairs))
     return BuildStats(len(prompts), len(pairs), len(prompts) - len(pairs), generated)

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from clm_local.errors import ClmError
+from clm_local.files import write_json
 from clm_local.recipe.recipe import RecipeSettings
 
 SYSTEMS = ("clm", "full-dpo")
@@ -79,7 +80,7 @@ def trained(
             _train(work, place, run, run_settings(settings, run), threads)
         else:
             place.mkdir(parents=True, exist_ok=True)
-            _write_done(place, reused)
+            write_json(place / DONE, reused)
     record = json.loads(done.read_text())
     return Trained(run, work / record["model"], record["cost"], record.get("reused"))
 
@@ -96,12 +97,6 @@ def _reusable(work: Path, run: Run, settings: RecipeSettings) -> dict | None:
     if run.system == "full-dpo" and full.is_file() and cost.is_file():
         return {"model": full.name, "cost": json.loads(cost.read_text()), "reused": "an earlier full-DPO run"}
     return None
-
-
-def _write_done(place: Path, record: dict) -> None:
-    temporary = place / (DONE + ".partial")
-    temporary.write_text(json.dumps(record, indent=1) + "\n")
-    temporary.replace(place / DONE)
 
 
 def _train(work: Path, place: Path, run: Run, settings: RecipeSettings, threads: int | None) -> None:
@@ -144,4 +139,4 @@ def train_in_child(work: str, place: str, system: str, settings: dict, threads: 
         from clm_local.recipe.full_dpo import train_full_dpo
 
         cost = asdict(train_full_dpo(base, data, model, recipe))
-    _write_done(here, {"model": str(model.relative_to(work)), "cost": cost, "settings": settings})
+    write_json(here / DONE, {"model": str(model.relative_to(work)), "cost": cost, "settings": settings})

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clm_local.errors import ClmError
-from clm_local.files import cache_dir
+from clm_local.files import cache_dir, copy_atomically
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 PATCH_FILE = Path(__file__).with_name("llama-cpp-pre-layer.patch")
@@ -192,11 +192,9 @@ def build_wheel(key: BuildKey, jobs: int) -> Path:
             raise ClmError(f"the build produced {len(wheels)} wheels instead of one (log: {log})")
         out_dir.mkdir(parents=True, exist_ok=True)
         server = build_rpc_server(source / "vendor" / "llama.cpp", wheels[0], Path(tmp))
-        shutil.copy2(server, out_dir / f"{RPC_SERVER_NAME}.partial")
-        os.replace(out_dir / f"{RPC_SERVER_NAME}.partial", out_dir / RPC_SERVER_NAME)
+        copy_atomically(server, out_dir / RPC_SERVER_NAME)
         final = out_dir / wheels[0].name  # last: a folder with a wheel is a finished build
-        shutil.copy2(wheels[0], final.with_suffix(".partial"))
-        os.replace(final.with_suffix(".partial"), final)
+        copy_atomically(wheels[0], final)
         return final
 
 
@@ -262,8 +260,7 @@ def install(backend: str = "cpu", *, rebuild: bool = False, jobs: int | None = N
     if installed is None:
         raise ClmError(f"pip installed {wheel.name} but Python cannot find llama_cpp afterwards")
     target = installed / RPC_SERVER_NAME
-    shutil.copy2(wheel.with_name(RPC_SERVER_NAME), target.with_suffix(".partial"))
-    os.replace(target.with_suffix(".partial"), target)
+    copy_atomically(wheel.with_name(RPC_SERVER_NAME), target)
     return wheel
 
 

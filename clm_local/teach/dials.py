@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from clm_local.errors import ClmError
-from clm_local.teach.folders import BaseFolder, write_json
+from clm_local.files import write_json
+from clm_local.teach.folders import BaseFolder
 
 FORMAT = "clm-local-dials"
 VERSION = 1

@@ -18,9 +18,7 @@ base, so they share one folder: its pairs, its dials, its log.
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,35 +64,3 @@ class BaseFolder:
 
     def dial(self, name: str) -> Path:
         return self.dials / name
-
-
-def fsync_folder(folder: Path) -> None:
-    """Make a file created or renamed in `folder` survive a power cut (the entry lives in the
-    folder, which is its own inode). A no-op where folders cannot be opened (Windows)."""
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
-
-
-def write_json(path: Path, data: object, *, durable: bool = False) -> None:
-    """Write `data` as JSON to a temporary file beside `path`, then rename it over `path`: a reader
-    (the server, another server, the user's editor) sees the old file or the new one, never half of
-    one. durable: also fsync the file and its folder first, for what a crash must not lose."""
-    with tempfile.NamedTemporaryFile(
-        "w", dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp", delete=False, encoding="utf-8"
-    ) as out:
-        json.dump(data, out, indent=1, ensure_ascii=False)
-        out.write("\n")
-        if durable:
-            out.flush()
-            os.fsync(out.fileno())
-    os.replace(out.name, path)
-    if durable:
-        fsync_folder(path.parent)

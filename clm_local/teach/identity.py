@@ -24,10 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clm_local.errors import ClmError
-from clm_local.files import cache_dir, sha256_file
+from clm_local.files import cache_dir, sha256_file, write_json
 from clm_local.gguf.check import check_gguf
 from clm_local.gguf.keys import KEY_PRE_LAYER_COUNT, PREFIX_BASE
-from clm_local.teach.folders import write_json
 
 ID_HASH_CHARS = 12
 MAX_SLUG_CHARS = 48

@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from clm_local.errors import ClmError
+from clm_local.files import write_json
 from clm_local.teach.dials import REPORT_FILE
-from clm_local.teach.folders import write_json
 from clm_local.teach.settings import TeachSettings, plan
 
 try:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clm_local.teach.folders import fsync_folder
+from clm_local.files import fsync_folder
 from clm_local.teach.identity import same_base
 from clm_local.training.data import BadRecord, record_turns
 

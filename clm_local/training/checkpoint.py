@@ -13,8 +13,8 @@ CKPT holds:
   `train` and `eval` tensors of shape (examples, 2), computed once; metadata `clm_reference_key`
   names what they depend on (base and data sha256, max lengths, compute dtype), so a resumed run
   reuses them and any change recomputes them. Kept by `--force` (the key guards it).
-Every file is written to a temporary name and moved into place (os.replace), so an interrupted run
-leaves the previous complete checkpoint readable.
+Every file is written to a temporary name and moved into place (clm_local.files.atomic_file), so
+an interrupted run leaves the previous complete checkpoint readable.
 
 Manifest fields (`clm_manifest.json`), format_version 1:
 - `format`: "clm-local-pre-layer"; `format_version`: 1.
@@ -41,8 +41,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-from collections.abc import Callable
 from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
@@ -53,6 +51,7 @@ from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from clm_local.errors import ClmError
+from clm_local.files import atomic_file, write_json
 from clm_local.training.clm_block import PRE_LAYER_PREFIX, pre_layer_of, replaced_pre_layer
 
 FORMAT = "clm-local-pre-layer"
@@ -90,12 +89,6 @@ def prepare_output(directory: Path, resume: bool, force: bool, write: bool = Tru
     directory.mkdir(parents=True, exist_ok=True)
     for name in RUN_FILES:  # --force: start clean, but touch nothing that is not ours
         (directory / name).unlink(missing_ok=True)
-
-
-def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    write(temporary)
-    os.replace(temporary, path)
 
 
 def make_manifest(
@@ -140,14 +133,11 @@ def save_checkpoint(
     """Write P, the trainer state and the manifest (last), each atomically."""
     step = str(manifest["progress"]["step"])
     tensors = {name: tensor.float() for name, tensor in pre_layer.items()}
-    _write_atomically(
-        directory / PRE_LAYER_FILE,
-        lambda path: save_file(tensors, path, metadata={"format": "pt", "clm_step": step}),
-    )
-    _write_atomically(directory / STATE_FILE, lambda path: torch.save(trainer_state, path))
-    _write_atomically(
-        directory / MANIFEST_FILE, lambda path: path.write_text(json.dumps(manifest, indent=2) + "\n")
-    )
+    with atomic_file(directory / PRE_LAYER_FILE) as path:
+        save_file(tensors, path, metadata={"format": "pt", "clm_step": step})
+    with atomic_file(directory / STATE_FILE) as path:
+        torch.save(trainer_state, path)
+    write_json(directory / MANIFEST_FILE, manifest)
 
 
 def read_manifest(directory: Path) -> dict:
@@ -189,7 +179,8 @@ def save_reference(directory: Path, logps: dict[str, torch.Tensor], key: dict) -
     """Write the reference log-probs of each split with the key they were computed under."""
     tensors = {split: tensor.float().contiguous() for split, tensor in logps.items()}
     metadata = {"format": "pt", "clm_reference_key": json.dumps(key, sort_keys=True)}
-    _write_atomically(directory / REFERENCE_FILE, lambda path: save_file(tensors, path, metadata=metadata))
+    with atomic_file(directory / REFERENCE_FILE) as path:
+        save_file(tensors, path, metadata=metadata)
 
 
 def load_reference(directory: Path, key: dict) -> dict[str, torch.Tensor] | None:
