@@ -51,7 +51,7 @@ from clm_local.benchmarks.machine import load_average
 from gguf import GGMLQuantizationType, GGUFValueType
 
 from clm_local.errors import ClmError
-from clm_local.files import cache_dir, sha256_file
+from clm_local.files import cache_dir, sha256_file, write_json
 
 INIT_STD = 0.02  # Llama's initializer_range: activations stay finite through every block
 SEED = 0
@@ -299,7 +299,7 @@ def write_random_pre_layer(shape: Shape, base: Path, folder: Path) -> Path:
             "files": [{"name": base.name, "size": base.stat().st_size, "sha256": sha256_file(base)}],
         },
     }
-    (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    write_json(folder / MANIFEST_FILE, manifest)
     return folder
 
 
@@ -593,7 +593,7 @@ def run_report(args: argparse.Namespace) -> dict:
 
 def save(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    write_json(path, data)
 
 
 def load(path: Path) -> dict:

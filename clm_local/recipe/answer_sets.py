@@ -62,7 +62,7 @@ class AnswerStore:
             "max_tokens": max_tokens,
         }:
             raise ClmError(f"{folder} holds answers to other prompts: remove it, or answer these elsewhere")
-        listing.write_text(json.dumps({"prompts": self.texts, "max_tokens": max_tokens}, indent=1) + "\n")
+        write_json(listing, {"prompts": self.texts, "max_tokens": max_tokens})
         self._stack = ExitStack()
         self._base: ClmModel | None = None
         self._tokens: list[list[int]] | None = None

@@ -33,6 +33,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from clm_local.errors import ClmError
+from clm_local.files import write_json, write_text
 from clm_local.recipe.cells import BASE, cells_from_records, format_table, plot
 from clm_local.recipe.recipe import RecipeSettings
 
@@ -183,9 +184,9 @@ def run_compare(
         "cells": [asdict(cell) for cell in cells],
         "verdict": judge(cells, records),
     }
-    (folder / "compare.json").write_text(json.dumps(report, indent=1) + "\n")
+    write_json(folder / "compare.json", report)
     plot(cells, folder / "compare.png")
-    (folder / "compare.md").write_text(format_report(report, cells) + "\n")
+    write_text(folder / "compare.md", format_report(report, cells) + "\n")
     return report
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clm_local.errors import ClmError
+from clm_local.files import write_json
 
 if TYPE_CHECKING:
     from clm_local.training.trainer import StepCallback, TrainResult
@@ -81,7 +82,7 @@ def run_default_recipe(work: Path, settings: RecipeSettings, *, ship: bool, forc
 
     base = base_model_path()
     split = split_prompts(settings.seed, limit=settings.train_prompts, dev=settings.dev_prompts)
-    (work / "prompts.json").write_text(json.dumps(asdict(split), indent=1) + "\n")
+    write_json(work / "prompts.json", asdict(split))
     log.step("prompts", train=len(split.train), dev=len(split.dev), held_out=len(split.held_out))
 
     data = work / "train.jsonl"

@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from clm_local.errors import ClmError
+from clm_local.files import write_json
 from clm_local.recipe.cells import BASE, Cell, cells_from_records
 from clm_local.recipe.recipe import RecipeSettings
 from clm_local.recipe.runs import Run, trained
@@ -149,7 +150,7 @@ def run_sweep(
             for run, model in models.items()
         },
     }
-    done.write_text(json.dumps(report, indent=1) + "\n")
+    write_json(done, report)
     return report
 
 

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from clm_local.errors import ClmError
+from clm_local.files import write_json
 from clm_local.recipe.cells import BASE, Cell, System, evaluate_systems, find
 from clm_local.recipe.recipe import train_pre_layer
 
@@ -125,7 +126,7 @@ def run_tune(
         "verdicts": [asdict(v) for v in verdicts],
         "choice": choose(verdicts),
     }
-    (folder / "tune.json").write_text(json.dumps(report, indent=1) + "\n")
+    write_json(folder / "tune.json", report)
     return report
 
 

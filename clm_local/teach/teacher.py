@@ -13,7 +13,6 @@ Errors are TeachError with a `kind` the HTTP side maps to a status: invalid (400
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import threading
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from clm_local.errors import ClmError
+from clm_local.files import write_json
 from clm_local.runtime.threads import usable_cores
 from clm_local.teach.dials import Dial, DialRegistry, check_name, dial_from_report, new_name
 from clm_local.teach.folders import BaseFolder
@@ -250,7 +250,7 @@ class Teacher:
             "lock": str(self.folder.lock),
         }
         path = dial_dir / "spec.json"
-        path.write_text(json.dumps(spec, indent=1) + "\n", encoding="utf-8")
+        write_json(path, spec)
         return path
 
     def _finished(self, report: dict[str, Any]) -> str:

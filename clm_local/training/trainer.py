@@ -40,7 +40,7 @@ from tqdm import tqdm
 from transformers import get_scheduler
 
 from clm_local.errors import ClmError
-from clm_local.files import sha256_file
+from clm_local.files import sha256_file, write_text
 from clm_local.training import checkpoint
 from clm_local.training.base_model import (
     base_architecture,
@@ -522,7 +522,7 @@ class Trainer:
         kept = []
         if self.options.resume and path.is_file():
             kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= self.step]
-        path.write_text("".join(line + "\n" for line in kept))
+        write_text(path, "".join(line + "\n" for line in kept))
         return path.open("a", encoding="utf-8")
 
     def run(self) -> TrainResult:
