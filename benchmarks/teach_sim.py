@@ -21,11 +21,17 @@ real `clm-local serve` child process, as the web page's Teach view does:
 3. loading: POST /v1/clm/dials/active switches the server to the new dial;
 4. evaluating: greedy answers to the recipe's held-out prompts at alpha 0, 0.5, 1, 1.5 and 2;
    per alpha the share of answers with a list, list-item lines and words per answer, each with
-   a 95% bootstrap interval (recipe/cells.py). Alpha 0 bypasses P, so it is measured once.
+   a 95% bootstrap interval (recipe/cells.py), and the change of the list share from alpha 0 with
+   a paired interval (the same prompts answered at both alphas: a bootstrap over prompts of each
+   prompt's difference, which is narrower than comparing two independent intervals and is what
+   "the dial moved the measure" means here: its interval excludes 0). Alpha 0 bypasses P, so it
+   is measured once.
 
 Rows are cumulative (label up to 25 pairs, train, measure; label up to 50, ...). Every view of a
 pair is appended to WORK/views.jsonl and every finished row written to the JSON at once, so an
-interrupted run goes on where it stopped when started again with the same --work.
+interrupted run goes on where it stopped when started again with the same --work. `--report`
+recomputes every row's measures from WORK/answers-N.jsonl without a server (after a change of
+the measures).
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ LIST_PRONE = re.compile(
 )
 LIST_ITEM = re.compile(r"^\s*(?:[-*+•]|\d{1,3}[.)])\s+\S", re.MULTILINE)
 MEASURES = ("list_share", "list_lines", "words", "ended")
+CHANGED = ("list_share", "list_lines")  # measures also given as a paired change from alpha 0
 
 
 class SimError(Exception):
@@ -292,16 +299,34 @@ def evaluate(
 
 
 def summarise(answers: Sequence[dict[str, Any]], alphas: Sequence[float]) -> list[dict[str, Any]]:
+    """Per alpha: each measure's mean and 95% interval, and (past the first alpha) the paired
+    change of the list share and list lines from the first alpha, prompt by prompt."""
     from clm_local.recipe.cells import bootstrap
 
+    by_alpha = {
+        alpha: {a["prompt"]: measures(a["text"], a["finish"]) for a in answers if a["alpha"] == alpha}
+        for alpha in alphas
+    }
+    reference = by_alpha[alphas[0]]
     cells = []
     for alpha in alphas:
-        mine = [measures(a["text"], a["finish"]) for a in answers if a["alpha"] == alpha]
+        mine = by_alpha[alpha]
         cell: dict[str, Any] = {"alpha": alpha, "n": len(mine)}
         for name in MEASURES:
-            cell[name] = asdict(bootstrap([m[name] for m in mine]))
+            cell[name] = asdict(bootstrap([m[name] for m in mine.values()]))
+        if alpha != alphas[0]:
+            shared = sorted(mine.keys() & reference.keys())
+            for name in CHANGED:
+                differences = [mine[p][name] - reference[p][name] for p in shared]
+                cell[f"{name}_change"] = asdict(bootstrap(differences))
         cells.append(cell)
     return cells
+
+
+def moved(cell: dict[str, Any]) -> bool:
+    """Whether the dial moved the list share at this alpha: its paired interval excludes 0."""
+    change = cell.get("list_share_change")
+    return change is not None and (change["high"] < 0 or change["low"] > 0)
 
 
 # -- output --------------------------------------------------------------------------------------
@@ -312,8 +337,11 @@ def _interval(interval: dict[str, float], digits: int) -> str:
 
 
 def row_line(row: dict[str, Any]) -> str:
-    """One line: the share of answers with a list at every alpha, then each stage's time."""
+    """One line: the share of answers with a list at every alpha, the alphas where the dial moved
+    it, then each stage's time."""
     shares = "  ".join(f"a{c['alpha']:g} {_interval(c['list_share'], 2)}" for c in row["cells"])
+    moved_at = ", ".join(f"{c['alpha']:g}" for c in row["cells"] if moved(c)) or "none"
+    shares += f"  moved at: {moved_at}"
     t = row["times"]
     train_s = "?" if t["train_s"] is None else f"{t['train_s']:.0f}"  # trained before an interruption
     return (
@@ -324,16 +352,24 @@ def row_line(row: dict[str, Any]) -> str:
 
 def markdown_table(result: dict[str, Any]) -> str:
     """One line per row: the share of held-out answers with a list at every alpha (95% interval),
-    words per answer at alpha 0 and 2, the held-out pairs' reward accuracy, the stage times."""
+    its paired change from alpha 0 at alpha 1 and at the last alpha (bold where the interval
+    excludes 0: the dial moved it), words per answer at the first and last alpha, the held-out
+    pairs' reward accuracy, the stage times."""
     alphas = result["settings"]["alphas"]
+    changes = [1.0, alphas[-1]]
     head = " | ".join(f"lists a={a:g}" for a in alphas)
+    head += "".join(f" | change a={a:g} (paired)" for a in changes)
     lines = [
-        f"| pairs | {head} | words a=0 / a=2 | held-out acc. | label | train | load | eval |",
-        "|---:|" + "---:|" * (len(alphas) + 6),
+        f"| pairs | {head} | words a={alphas[0]:g} / a={alphas[-1]:g} | held-out acc. "
+        "| label | train | load | eval |",
+        "|---:|" + "---:|" * (len(alphas) + len(changes) + 6),
     ]
     for row in result["rows"]:
         cells = {c["alpha"]: c for c in row["cells"]}
         shares = " | ".join(_interval(cells[a]["list_share"], 2) for a in alphas)
+        for alpha in changes:
+            change = _interval(cells[alpha]["list_share_change"], 2)
+            shares += f" | **{change}**" if moved(cells[alpha]) else f" | {change}"
         words = f"{cells[alphas[0]]['words']['mean']:.0f} / {cells[alphas[-1]]['words']['mean']:.0f}"
         held = row["train"].get("held_out") or {}
         accuracy = held.get("reward_accuracy") if isinstance(held, dict) else None
@@ -495,6 +531,22 @@ def run(args: argparse.Namespace, progress: Callable[[str], None]) -> dict[str, 
     return result
 
 
+def report(args: argparse.Namespace) -> dict[str, Any]:
+    """Every row's cells recomputed from WORK/answers-N.jsonl (no server, nothing labelled)."""
+    work = Path(args.work)
+    out = Path(args.out) if args.out else work / "teach_sim.json"
+    if not out.is_file():
+        raise SimError(f"{out} does not exist: run the simulation first")
+    result = json.loads(out.read_text())
+    for row in result["rows"]:
+        answers = read_jsonl(work / f"answers-{row['target']}.jsonl")
+        if not answers:
+            raise SimError(f"{work}/answers-{row['target']}.jsonl is missing: the row cannot be recomputed")
+        row["cells"] = summarise(answers, result["settings"]["alphas"])
+    write_json(out, result)
+    return result
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", default="25,50,100,200", help="pair counts of the rows (cumulative)")
@@ -510,9 +562,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="the server's llama.cpp threads")
     parser.add_argument("--seed", type=int, default=0, help="the recipe's prompt split")
     parser.add_argument("--dev", type=int, default=30, help="dev prompts kept out of the train split")
+    parser.add_argument("--report", action="store_true", help="recompute the rows from WORK's answers only")
     args = parser.parse_args(argv)
     try:
-        result = run(args, lambda line: print(line, file=sys.stderr, flush=True))
+        if args.report:
+            result = report(args)
+        else:
+            result = run(args, lambda line: print(line, file=sys.stderr, flush=True))
     except SimError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

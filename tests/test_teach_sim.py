@@ -35,6 +35,26 @@ def test_the_person_prefers_fewer_list_lines() -> None:
                                                     "ended": 1.0}  # fmt: skip
 
 
+def test_the_change_from_alpha_0_is_paired_prompt_by_prompt() -> None:
+    def answer(alpha: float, prompt: int, text: str) -> dict:
+        return {"alpha": alpha, "prompt": prompt, "finish": "stop", "text": text}
+
+    listed, plain = "Tips:\n- one\n- two", "One, then two."
+    answers = [answer(0.0, p, listed if p < 6 else plain) for p in range(12)]
+    answers += [answer(1.0, p, plain) for p in range(12)]  # every list gone
+    answers += [answer(2.0, p, plain if p < 6 else listed) for p in range(12)]  # as many, elsewhere
+    cells = {c["alpha"]: c for c in teach_sim.summarise(answers, [0.0, 1.0, 2.0])}
+    assert "list_share_change" not in cells[0.0]
+    change = cells[1.0]["list_share_change"]
+    assert change["mean"] == -0.5 and change["low"] < -0.5 < change["high"] < 0
+    assert cells[1.0]["list_lines_change"]["mean"] == -1.0
+    assert teach_sim.moved(cells[1.0])
+    # The same share at alpha 2 as at 0, but on other prompts: unmoved on average, wide interval.
+    assert cells[2.0]["list_share"]["mean"] == cells[0.0]["list_share"]["mean"]
+    assert cells[2.0]["list_share_change"]["low"] < 0 < cells[2.0]["list_share_change"]["high"]
+    assert not teach_sim.moved(cells[2.0])
+
+
 def test_parse_pairs_refuses_what_is_not_increasing() -> None:
     assert teach_sim.parse_pairs("25,50,100") == [25, 50, 100]
     for bad in ("", "50,25", "0,5", "a", "5,5"):
@@ -73,3 +93,8 @@ def test_a_smallest_run_writes_its_row_and_resumes(
     assert teach_sim.main(args) == 0  # the same run again: the row is there, nothing is redone
     assert json.loads(out.read_text())["rows"] == result["rows"]
     assert (work / "views.jsonl").read_text() == views
+
+    # --report recomputes the measures from the answers alone: the same numbers, no server
+    assert teach_sim.main(["--report", "--work", str(work), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["rows"] == result["rows"]
+    assert all(("list_share_change" in c) == (c["alpha"] != 0) for c in row["cells"])
