@@ -91,18 +91,7 @@ def run_rpc_overhead(model: Path, settings: BenchSettings, endpoints: list[str])
             for config in CONFIGS:
                 for placement in PLACEMENTS:
                     print(f"repeat {repeat}/{settings.repeat}: {config}, {placement}", file=sys.stderr)
-                    spec = RunSpec(
-                        config=config,
-                        clm=str(files.clm),
-                        base=str(files.base),
-                        aligned=str(files.aligned),
-                        prompt_tokens=settings.prompt_tokens,
-                        gen_tokens=settings.gen_tokens,
-                        threads=settings.threads,
-                        n_ctx=settings.n_ctx,
-                        alpha=settings.alpha,
-                        rpc=tuple(endpoints) if placement == "rpc" else (),
-                    )
+                    spec = RunSpec.for_run(config, files, settings, endpoints if placement == "rpc" else ())
                     runs.setdefault((config, placement), []).append(run_in_subprocess(spec))
     report: dict = {"settings": {**settings.__dict__, "rpc": endpoints}, "configs": {}}
     for config in CONFIGS:

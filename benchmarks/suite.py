@@ -43,18 +43,7 @@ def run_benchmark(
         for repeat in range(1, settings.repeat + 1):
             for config in CONFIGS:
                 progress(f"repeat {repeat}/{settings.repeat}: {config}")
-                spec = RunSpec(
-                    config=config,
-                    clm=str(files.clm),
-                    base=str(files.base),
-                    aligned=str(files.aligned),
-                    prompt_tokens=settings.prompt_tokens,
-                    gen_tokens=settings.gen_tokens,
-                    threads=settings.threads,
-                    n_ctx=settings.n_ctx,
-                    alpha=settings.alpha,
-                    rpc=settings.rpc,
-                )
+                spec = RunSpec.for_run(config, files, settings)
                 runs[config].append(run_in_subprocess(spec))
     machine["load_average_after"] = load_average()
     machine["run"] = {"model": str(model), **asdict(settings)}

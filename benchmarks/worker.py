@@ -16,13 +16,14 @@ import json
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import gguf
 from clm_local.benchmarks.plain_files import BenchFiles
+from clm_local.benchmarks.settings import BenchSettings
 from clm_local.benchmarks.two_model import TwoModelDecoder
 
 from clm_local.chat.generation import Decoder
@@ -64,6 +65,25 @@ class RunSpec:
     n_ctx: int
     alpha: float
     rpc: tuple[str, ...] = ()
+
+    @classmethod
+    def for_run(
+        cls, config: str, files: BenchFiles, settings: BenchSettings, rpc: Sequence[str] | None = None
+    ) -> RunSpec:
+        """The spec of one run of `config` on `files` with the bench's settings (and its rpc-servers
+        unless `rpc` names others)."""
+        return cls(
+            config=config,
+            clm=str(files.clm),
+            base=str(files.base),
+            aligned=str(files.aligned),
+            prompt_tokens=settings.prompt_tokens,
+            gen_tokens=settings.gen_tokens,
+            threads=settings.threads,
+            n_ctx=settings.n_ctx,
+            alpha=settings.alpha,
+            rpc=tuple(settings.rpc if rpc is None else rpc),
+        )
 
     @property
     def files(self) -> BenchFiles:
