@@ -323,10 +323,18 @@ def summarise(answers: Sequence[dict[str, Any]], alphas: Sequence[float]) -> lis
     return cells
 
 
-def moved(cell: dict[str, Any]) -> bool:
-    """Whether the dial moved the list share at this alpha: its paired interval excludes 0."""
-    change = cell.get("list_share_change")
+def moved(cell: dict[str, Any], measure: str = "list_share") -> bool:
+    """Whether the dial moved `measure` at this alpha: its paired change's interval excludes 0."""
+    change = cell.get(f"{measure}_change")
     return change is not None and (change["high"] < 0 or change["low"] > 0)
+
+
+def moves(row: dict[str, Any], measure: str) -> str:
+    """Where the dial moved `measure` in this row: each such alpha with its paired change."""
+    found = [
+        f"a={c['alpha']:g}: {_interval(c[f'{measure}_change'], 2)}" for c in row["cells"] if moved(c, measure)
+    ]
+    return "; ".join(found) or "no"
 
 
 # -- output --------------------------------------------------------------------------------------
@@ -340,8 +348,7 @@ def row_line(row: dict[str, Any]) -> str:
     """One line: the share of answers with a list at every alpha, the alphas where the dial moved
     it, then each stage's time."""
     shares = "  ".join(f"a{c['alpha']:g} {_interval(c['list_share'], 2)}" for c in row["cells"])
-    moved_at = ", ".join(f"{c['alpha']:g}" for c in row["cells"] if moved(c)) or "none"
-    shares += f"  moved at: {moved_at}"
+    shares += f"  moved: lists {moves(row, 'list_share')}, list lines {moves(row, 'list_lines')}"
     t = row["times"]
     train_s = "?" if t["train_s"] is None else f"{t['train_s']:.0f}"  # trained before an interruption
     return (
@@ -352,24 +359,20 @@ def row_line(row: dict[str, Any]) -> str:
 
 def markdown_table(result: dict[str, Any]) -> str:
     """One line per row: the share of held-out answers with a list at every alpha (95% interval),
-    its paired change from alpha 0 at alpha 1 and at the last alpha (bold where the interval
-    excludes 0: the dial moved it), words per answer at the first and last alpha, the held-out
-    pairs' reward accuracy, the stage times."""
+    the alphas where the dial moved the share and the list-item lines per answer (paired change
+    from alpha 0 whose interval excludes 0), words per answer at the first and last alpha, the
+    held-out pairs' reward accuracy, the stage times."""
     alphas = result["settings"]["alphas"]
-    changes = [1.0, alphas[-1]]
     head = " | ".join(f"lists a={a:g}" for a in alphas)
-    head += "".join(f" | change a={a:g} (paired)" for a in changes)
     lines = [
-        f"| pairs | {head} | words a={alphas[0]:g} / a={alphas[-1]:g} | held-out acc. "
-        "| label | train | load | eval |",
-        "|---:|" + "---:|" * (len(alphas) + len(changes) + 6),
+        f"| pairs | {head} | moved: lists | moved: list lines | words a={alphas[0]:g} / a={alphas[-1]:g} "
+        "| held-out acc. | label | train | load | eval |",
+        "|---:|" + "---:|" * len(alphas) + "---|---|" + "---:|" * 6,
     ]
     for row in result["rows"]:
         cells = {c["alpha"]: c for c in row["cells"]}
         shares = " | ".join(_interval(cells[a]["list_share"], 2) for a in alphas)
-        for alpha in changes:
-            change = _interval(cells[alpha]["list_share_change"], 2)
-            shares += f" | **{change}**" if moved(cells[alpha]) else f" | {change}"
+        shares += f" | {moves(row, 'list_share')} | {moves(row, 'list_lines')}"
         words = f"{cells[alphas[0]]['words']['mean']:.0f} / {cells[alphas[-1]]['words']['mean']:.0f}"
         held = row["train"].get("held_out") or {}
         accuracy = held.get("reward_accuracy") if isinstance(held, dict) else None
@@ -378,7 +381,7 @@ def markdown_table(result: dict[str, Any]) -> str:
         train_s = "?" if t["train_s"] is None else f"{t['train_s']:.0f} s"
         lines.append(
             f"| {row['pairs']} | {shares} | {words} | {accuracy_text} | {t['label_s']:.0f} s | {train_s} | "
-            f"{t['load_s']:.0f} s | {t['eval_s']:.0f} s |"
+            f"{t['load_s']:.1f} s | {t['eval_s']:.0f} s |"
         )
     return "\n".join(lines)
 
@@ -390,8 +393,12 @@ def plot(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    panels = [("list_share", "held-out answers with a list"), ("words", "words per answer")]
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    panels = [
+        ("list_share", "held-out answers with a list"),
+        ("list_lines", "list-item lines per answer"),
+        ("words", "words per answer"),
+    ]
     for axis, (name, label_text) in zip(axes, panels, strict=True):
         for row in result["rows"]:
             x = [c["alpha"] for c in row["cells"]]

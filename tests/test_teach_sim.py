@@ -53,6 +53,7 @@ def test_the_change_from_alpha_0_is_paired_prompt_by_prompt() -> None:
     assert cells[2.0]["list_share"]["mean"] == cells[0.0]["list_share"]["mean"]
     assert cells[2.0]["list_share_change"]["low"] < 0 < cells[2.0]["list_share_change"]["high"]
     assert not teach_sim.moved(cells[2.0])
+    assert teach_sim.moves({"cells": list(cells.values())}, "list_share") == "a=1: -0.50 [-0.75, -0.25]"
 
 
 def test_parse_pairs_refuses_what_is_not_increasing() -> None:
