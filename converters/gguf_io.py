@@ -19,10 +19,8 @@ partial output and never touches an existing file.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import sys
-import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -34,7 +32,7 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFValueType
 
 from clm_local.errors import ClmError
-from clm_local.files import progress_bar
+from clm_local.files import atomic_file, progress_bar
 from clm_local.gguf.file import field_value
 
 # Below this many bytes a progress bar would only flicker.
@@ -202,8 +200,10 @@ def _write(
 def atomic_output(out: Path, *, force: bool) -> Iterator[Path]:
     """Yield a temporary path next to `out`; rename it to `out` only if the body succeeds.
 
-    The temporary file lives in the output's folder so that the final rename is atomic (same
-    file system), and it is removed on any failure, Ctrl-C included.
+    clm_local.files.atomic_file does the writing (a hidden temporary file in the output's folder,
+    fsynced, renamed over `out`, removed on any failure); this adds the converter's checks of
+    `out`, one-line errors for an unwritable folder or a full disk, and `kill` unwinding like
+    Ctrl-C so that a multi-GB temporary file is not left behind.
     """
     if out.is_dir():
         raise ClmError(f"{out} is a folder; give the path of the .gguf file to write")
@@ -212,24 +212,14 @@ def atomic_output(out: Path, *, force: bool) -> Iterator[Path]:
     if not out.parent.is_dir():
         raise ClmError(f"folder {out.parent} does not exist")
     try:
-        descriptor, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial")
-    except OSError as error:
-        raise ClmError(f"cannot write in {out.parent}: {error.strerror or error}") from None
-    os.close(descriptor)
-    temp_path = Path(name)
-    try:
-        with _sigterm_as_interrupt():
+        with _sigterm_as_interrupt(), atomic_file(out, durable=True) as temp_path:
+            try:
+                temp_path.touch()  # fail here, before any work, where the folder is not writable
+            except OSError as error:
+                raise ClmError(f"cannot write in {out.parent}: {error.strerror or error}") from None
             yield temp_path
-        with open(temp_path, "rb+") as stream:
-            os.fsync(stream.fileno())
-        temp_path.chmod(0o666 & ~_current_umask())  # mkstemp creates 0600; give the usual mode
-        os.replace(temp_path, out)
     except OSError as error:  # a full disk, most likely
-        temp_path.unlink(missing_ok=True)
         raise ClmError(f"writing {out} failed: {error.strerror or error}") from None
-    except BaseException:
-        temp_path.unlink(missing_ok=True)
-        raise
 
 
 @contextlib.contextmanager
@@ -247,9 +237,3 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

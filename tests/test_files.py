@@ -77,3 +77,21 @@ def test_concurrent_writers_never_leave_a_torn_file(tmp_path: Path) -> None:
     reader.join()
     assert seen and all(text in texts for text in seen)
     assert [p.name for p in tmp_path.iterdir()] == ["shared.json"]
+
+
+def test_the_converters_output_turns_a_full_disk_into_one_line_and_keeps_the_old_file(tmp_path: Path) -> None:
+    from clm_local.converters.gguf_io import atomic_output
+
+    from clm_local.errors import ClmError
+
+    out = tmp_path / "model.gguf"
+    out.write_text("old")
+    with pytest.raises(ClmError, match=r"model.gguf already exists \(use --force"):
+        with atomic_output(out, force=False):
+            pass
+    with pytest.raises(ClmError, match=r"writing .*model.gguf failed: No space left on device$"):
+        with atomic_output(out, force=True) as temporary:
+            assert temporary.exists()  # created before the body: an unwritable folder fails first
+            raise OSError(28, "No space left on device")
+    assert out.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.gguf"]
