@@ -435,6 +435,11 @@ def parse_pairs(text: str) -> list[int]:
     return pairs
 
 
+def result_path(args: argparse.Namespace) -> Path:
+    """Where the rows are kept: --out, else WORK/teach_sim.json."""
+    return Path(args.out) if args.out else Path(args.work) / "teach_sim.json"
+
+
 def run(args: argparse.Namespace, progress: Callable[[str], None]) -> dict[str, Any]:
     from clm_local.recipe.prompts import split_prompts
 
@@ -444,7 +449,7 @@ def run(args: argparse.Namespace, progress: Callable[[str], None]) -> dict[str, 
     label_prompts = [prompt for prompt in split.train if LIST_PRONE.search(prompt)]
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    out = Path(args.out) if args.out else work / "teach_sim.json"
+    out = result_path(args)
     settings = {
         "model": args.model or "default",
         "n_eval": len(held_out),
@@ -541,7 +546,7 @@ def run(args: argparse.Namespace, progress: Callable[[str], None]) -> dict[str, 
 def report(args: argparse.Namespace) -> dict[str, Any]:
     """Every row's cells recomputed from WORK/answers-N.jsonl (no server, nothing labelled)."""
     work = Path(args.work)
-    out = Path(args.out) if args.out else work / "teach_sim.json"
+    out = result_path(args)
     if not out.is_file():
         raise SimError(f"{out} does not exist: run the simulation first")
     result = json.loads(out.read_text())

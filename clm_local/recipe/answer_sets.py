@@ -185,9 +185,8 @@ class AnswerStore:
         for record in records:
             record["seed"] = seed
         write_json(self.folder / f"{key}.meta.json", meta)
-        write_text(
-            path, "".join(json.dumps(record) + "\n" for record in records)
-        )  # last: the set is finished
+        # last: the set is finished
+        write_text(path, "".join(json.dumps(record) + "\n" for record in records))
         return records
 
     def meta(self, key: str) -> dict:
