@@ -236,6 +236,9 @@ def format_report(report: dict, cells) -> str:
     sweep = report["sweep"]
     return "\n\n".join(
         [
+            "# CLM against full fine-tuning, each at its best, over seeds",
+            "Written by `clm-local recipe compare`; how it is run and why: "
+            "[default-model.md](default-model.md#the-fair-comparison).",
             f"Sweep ({sweep['dev_prompts']} dev prompts, alpha 1, seed {sweep['seed']}). "
             f"Rule: {sweep['rule']}",
             format_sweep(sweep),
@@ -250,13 +253,15 @@ def format_report(report: dict, cells) -> str:
 
 def format_costs(costs: dict) -> str:
     lines = [
-        "| trained | lr | parameters | steps (SFT + DPO) | time (mean of seeds) | peak memory |",
+        "| trained | lr | parameters | steps (SFT + DPO) | time: mean (each seed) | peak memory |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for name, cost in costs["train"].items():
+        # each seed's time shown too: a training timed beside other work stands out from the rest
+        each = ", ".join(f"{run['seconds'] / 60:.1f}" for run in cost["per_seed"].values())
         lines.append(
             f"| {name} | {cost['lr']:g} | {cost['parameters'] / 1e6:.1f} M | {cost['steps']} | "
-            f"{cost['seconds'] / 60:.1f} min | {cost['peak_rss_bytes'] / 2**30:.2f} GiB |"
+            f"{cost['seconds'] / 60:.1f} min ({each}) | {cost['peak_rss_bytes'] / 2**30:.2f} GiB |"
         )
     sweep = costs["sweep"]
     lines += [
